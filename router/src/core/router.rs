@@ -1,0 +1,963 @@
+//! The sans-IO mesh router: events and the current time in, actions out.
+//!
+//! The I/O shell (or the simulation) owns the sockets. It reports what
+//! happened with the `handle_*` methods, then drains [`Router::poll_action`]
+//! and sleeps until [`Router::poll_timeout`], calling
+//! [`Router::handle_timeout`] when that passes. The router never reads a
+//! clock, never blocks, and draws all randomness from a seeded RNG, so a
+//! simulation replays exactly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info, warn};
+
+use crate::core::conn_maker::{
+    BackoffConfig, ConnHandle, ConnectionMaker, TargetOrigin, TargetState,
+};
+use crate::core::connection::{CloseReason, ConnEvent, ConnState, Connection, Direction};
+use crate::core::gossip::{self, GossipKind, GossipStats, Gossiper, TOPOLOGY_CHANNEL};
+use crate::core::identity::{Identity, PeerName};
+use crate::core::status::{
+    ConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus, TargetStatus,
+};
+use crate::core::topology::Topology;
+use crate::core::wire::addr::{PeerAddr, WireAddr};
+use crate::core::wire::control::{ControlMessage, Features, MAX_REASON_LEN, validate_channel};
+use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN, Preamble};
+use crate::core::wire::topology::{
+    ConnEntry, FLAG_ESTABLISHED, FLAG_OUTBOUND, PeerEntry, TopologyUpdate,
+};
+
+/// Tunables. Defaults suit a LAN or a few datacenters; every one of them is
+/// a trade between detection speed and chatter.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub identity: Identity,
+    /// The TCP port we accept connections on, advertised to peers.
+    pub listen_port: u16,
+    /// Dial peers we learn about through gossip.
+    pub discovery: bool,
+    pub protocol_versions: RangeInclusive<u8>,
+    /// How often an idle connection sends a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connection is declared dead.
+    pub heartbeat_timeout: Duration,
+    /// Time allowed from TCP connect to received features.
+    pub handshake_timeout: Duration,
+    /// How often full state goes to one random neighbour.
+    pub gossip_interval: Duration,
+    /// How long an unreachable peer is kept before it is forgotten.
+    pub gc_grace: Duration,
+    pub backoff: BackoffConfig,
+    /// Seed for every random choice the core makes.
+    pub seed: u64,
+}
+
+impl RouterConfig {
+    pub fn new(identity: Identity, listen_port: u16, seed: u64) -> Self {
+        Self {
+            identity,
+            listen_port,
+            discovery: true,
+            protocol_versions: PROTOCOL_MIN..=PROTOCOL_MAX,
+            heartbeat_interval: Duration::from_millis(1000),
+            heartbeat_timeout: Duration::from_millis(4000),
+            handshake_timeout: Duration::from_secs(5),
+            gossip_interval: Duration::from_secs(10),
+            gc_grace: Duration::from_secs(15),
+            backoff: BackoffConfig::default(),
+            seed,
+        }
+    }
+}
+
+/// What the I/O shell must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection to `target`, then report the outcome with
+    /// [`Router::handle_dial_succeeded`] or [`Router::handle_dial_failed`].
+    Dial { target: PeerAddr },
+    /// Write these bytes to the connection, in order.
+    Send { conn: ConnHandle, bytes: Vec<u8> },
+    /// Flush pending sends, then close the connection. The core has already
+    /// forgotten it; further reports about it are ignored.
+    Close { conn: ConnHandle, reason: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GossipError {
+    #[error("no route to peer {0}")]
+    NoRoute(PeerName),
+    #[error("{0}")]
+    BadChannel(String),
+    #[error("gossip channel {0:?} is already registered")]
+    DuplicateChannel(String),
+    #[error("gossip payload of {0} bytes does not fit in a frame")]
+    TooLarge(usize),
+}
+
+pub struct Router {
+    config: RouterConfig,
+    rng: StdRng,
+    preamble: Preamble,
+    conns: BTreeMap<ConnHandle, Connection>,
+    /// The established connection to each neighbour.
+    by_peer: HashMap<PeerName, ConnHandle>,
+    next_handle: ConnHandle,
+    topology: Topology,
+    maker: ConnectionMaker,
+    channels: BTreeMap<String, Box<dyn Gossiper>>,
+    actions: VecDeque<Action>,
+    next_full_gossip: Instant,
+    stats: GossipStats,
+}
+
+impl Router {
+    pub fn new(config: RouterConfig, now: Instant) -> Self {
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let first_gossip = now + config.gossip_interval.mul_f64(rng.random_range(0.5..1.0));
+        Self {
+            preamble: Preamble::new(config.protocol_versions.clone()),
+            topology: Topology::new(&config.identity, config.gc_grace),
+            maker: ConnectionMaker::new(config.backoff.clone()),
+            config,
+            rng,
+            conns: BTreeMap::new(),
+            by_peer: HashMap::new(),
+            next_handle: 1,
+            channels: BTreeMap::new(),
+            actions: VecDeque::new(),
+            next_full_gossip: first_gossip,
+            stats: GossipStats::default(),
+        }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.config.identity
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Mutable access for lazily computed broadcast routes.
+    pub fn topology_mut(&mut self) -> &mut Topology {
+        &mut self.topology
+    }
+
+    pub fn gossip_stats(&self) -> &GossipStats {
+        &self.stats
+    }
+
+    /// Neighbours with an established connection, ascending by name.
+    pub fn neighbours(&self) -> Vec<PeerName> {
+        let mut n: Vec<PeerName> = self.by_peer.keys().copied().collect();
+        n.sort_unstable();
+        n
+    }
+
+    pub fn connection(&self, conn: ConnHandle) -> Option<&Connection> {
+        self.conns.get(&conn)
+    }
+
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values()
+    }
+
+    // ----- targets -----
+
+    /// Dials these addresses now and keeps them connected.
+    pub fn add_targets(&mut self, now: Instant, targets: impl IntoIterator<Item = PeerAddr>) {
+        for t in targets {
+            self.maker.add(now, t, TargetOrigin::User);
+        }
+        self.dial_due(now);
+    }
+
+    /// Stops dialling these addresses; returns the ones that were targets.
+    pub fn forget_targets(&mut self, targets: &[PeerAddr]) -> Vec<PeerAddr> {
+        targets
+            .iter()
+            .filter(|t| self.maker.forget(t))
+            .cloned()
+            .collect()
+    }
+
+    /// Addresses given by the user (what `--resume` would persist).
+    pub fn user_targets(&self) -> Vec<PeerAddr> {
+        self.maker
+            .targets()
+            .filter(|(_, t)| t.origin == TargetOrigin::User)
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    // ----- events from the I/O shell -----
+
+    /// A dial requested by [`Action::Dial`] connected. Returns the handle
+    /// under which the shell reports this connection from now on.
+    pub fn handle_dial_succeeded(
+        &mut self,
+        now: Instant,
+        target: &PeerAddr,
+        remote: SocketAddr,
+    ) -> ConnHandle {
+        self.open(
+            now,
+            Direction::Outbound {
+                target: target.clone(),
+            },
+            remote,
+        )
+    }
+
+    pub fn handle_dial_failed(&mut self, now: Instant, target: &PeerAddr, error: &str) {
+        debug!(%target, error, "dial failed");
+        self.maker
+            .failed(now, target, error.to_owned(), &mut self.rng);
+    }
+
+    /// Someone connected to our listener.
+    pub fn handle_inbound(&mut self, now: Instant, remote: SocketAddr) -> ConnHandle {
+        self.open(now, Direction::Inbound, remote)
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_bytes(&mut self, now: Instant, conn: ConnHandle, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let events = match c.handle_bytes(now, bytes) {
+            Ok(events) => events,
+            Err(reason) => {
+                let notify = !matches!(reason, CloseReason::RemoteClosed(_));
+                self.close(now, conn, reason, notify);
+                return;
+            }
+        };
+        for event in events {
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
+            match event {
+                ConnEvent::VersionAgreed(_) => {
+                    let features = ControlMessage::Features(Features {
+                        name: self.config.identity.name,
+                        nickname: self.config.identity.nickname.clone(),
+                        uid: self.config.identity.uid,
+                        conn_half: self.conns[&conn].local_half,
+                        listen_port: self.config.listen_port,
+                    });
+                    self.send(now, conn, &features);
+                }
+                ConnEvent::Features(features) => self.on_features(now, conn, features),
+                ConnEvent::Message(msg) => self.on_message(now, conn, msg),
+            }
+        }
+    }
+
+    /// The socket closed or failed underneath us.
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnHandle, error: &str) {
+        if self.conns.contains_key(&conn) {
+            self.close(now, conn, CloseReason::Io(error.to_owned()), false);
+        }
+    }
+
+    /// Runs timers: heartbeats, liveness, periodic gossip, GC and redials.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut to_close = Vec::new();
+        let mut to_heartbeat = Vec::new();
+        for (&h, c) in &self.conns {
+            match c.state {
+                ConnState::Established { .. } => {
+                    let silent = now.saturating_duration_since(c.last_recv);
+                    if silent >= self.config.heartbeat_timeout {
+                        to_close.push((h, CloseReason::HeartbeatTimeout(silent)));
+                    } else if now.saturating_duration_since(c.last_send)
+                        >= self.config.heartbeat_interval
+                    {
+                        to_heartbeat.push(h);
+                    }
+                }
+                _ => {
+                    if now.saturating_duration_since(c.opened_at) >= self.config.handshake_timeout {
+                        to_close.push((
+                            h,
+                            CloseReason::HandshakeTimeout(self.config.handshake_timeout),
+                        ));
+                    }
+                }
+            }
+        }
+        for (h, reason) in to_close {
+            self.close(now, h, reason, true);
+        }
+        for h in to_heartbeat {
+            self.send(now, h, &ControlMessage::Heartbeat);
+        }
+        if now >= self.next_full_gossip {
+            self.next_full_gossip = now
+                + self
+                    .config
+                    .gossip_interval
+                    .mul_f64(self.rng.random_range(0.9..1.1));
+            let neighbours = self.neighbours();
+            if let Some(&peer) =
+                gossip::choose_neighbours(&mut self.rng, &neighbours, None, 1).first()
+            {
+                self.send_full_state(now, peer);
+            }
+        }
+        let removed = self.topology.gc(now);
+        if !removed.is_empty() {
+            for e in &removed {
+                info!(peer = %e.name, nickname = %e.nickname, "peer left: unreachable for {:?}", self.config.gc_grace);
+            }
+            self.topology_changed(now);
+        }
+        self.dial_due(now);
+    }
+
+    /// Closes every connection, telling peers why.
+    pub fn shutdown(&mut self, now: Instant) {
+        let handles: Vec<ConnHandle> = self.conns.keys().copied().collect();
+        for h in handles {
+            self.close(now, h, CloseReason::Shutdown, true);
+        }
+    }
+
+    /// The next thing for the I/O shell to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Router::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = Some(self.next_full_gossip);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        for c in self.conns.values() {
+            match c.state {
+                ConnState::Established { .. } => {
+                    consider(Some(c.last_recv + self.config.heartbeat_timeout));
+                    consider(Some(c.last_send + self.config.heartbeat_interval));
+                }
+                _ => consider(Some(c.opened_at + self.config.handshake_timeout)),
+            }
+        }
+        consider(self.topology.next_gc());
+        consider(self.maker.next_wakeup());
+        next
+    }
+
+    // ----- gossip API for channels -----
+
+    /// Registers a gossip channel (address allocation, names, ...).
+    pub fn register_channel(
+        &mut self,
+        name: &str,
+        gossiper: Box<dyn Gossiper>,
+    ) -> Result<(), GossipError> {
+        validate_channel(name).map_err(GossipError::BadChannel)?;
+        if name == TOPOLOGY_CHANNEL || self.channels.contains_key(name) {
+            return Err(GossipError::DuplicateChannel(name.to_owned()));
+        }
+        self.channels.insert(name.to_owned(), gossiper);
+        Ok(())
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&dyn Gossiper> {
+        self.channels.get(name).map(|g| g.as_ref())
+    }
+
+    /// Plain gossip to `fanout` random neighbours.
+    pub fn send_gossip(
+        &mut self,
+        now: Instant,
+        channel: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), GossipError> {
+        validate_channel(channel).map_err(GossipError::BadChannel)?;
+        let msg = ControlMessage::Gossip {
+            channel: channel.to_owned(),
+            payload,
+        };
+        self.spread(now, &msg, channel, None, GossipKind::Delta);
+        Ok(())
+    }
+
+    /// Sends `payload` to `dst`, relayed along unicast routes.
+    pub fn send_unicast(
+        &mut self,
+        now: Instant,
+        channel: &str,
+        dst: PeerName,
+        payload: Vec<u8>,
+    ) -> Result<(), GossipError> {
+        validate_channel(channel).map_err(GossipError::BadChannel)?;
+        let hop = self
+            .topology
+            .routes()
+            .next_hop(dst)
+            .ok_or(GossipError::NoRoute(dst))?;
+        let msg = ControlMessage::GossipUnicast {
+            channel: channel.to_owned(),
+            src: self.config.identity.name,
+            dst,
+            payload,
+        };
+        self.send_to_peer(now, hop, &msg, channel, GossipKind::Unicast);
+        Ok(())
+    }
+
+    /// Sends `payload` to every reachable peer down our broadcast tree.
+    pub fn send_broadcast(
+        &mut self,
+        now: Instant,
+        channel: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), GossipError> {
+        validate_channel(channel).map_err(GossipError::BadChannel)?;
+        let src = self.config.identity.name;
+        let msg = ControlMessage::GossipBroadcast {
+            channel: channel.to_owned(),
+            src,
+            payload,
+        };
+        let hops = self.topology.routes_mut().broadcast_next_hops(src).to_vec();
+        for hop in hops {
+            self.send_to_peer(now, hop, &msg, channel, GossipKind::Broadcast);
+        }
+        Ok(())
+    }
+
+    // ----- status -----
+
+    pub fn status(&self, now: Instant) -> RouterStatus {
+        let id = &self.config.identity;
+        let connections = self
+            .conns
+            .values()
+            .map(|c| {
+                let remote = c.remote();
+                ConnectionStatus {
+                    peer: remote.map(|f| f.name.to_string()),
+                    nickname: remote.map(|f| f.nickname.clone()),
+                    address: c.remote_addr.to_string(),
+                    direction: if c.is_outbound() {
+                        "outbound"
+                    } else {
+                        "inbound"
+                    }
+                    .into(),
+                    state: match c.state {
+                        ConnState::Established { .. } => "established",
+                        _ => "handshaking",
+                    }
+                    .into(),
+                    conn_id: c.id().map(|i| i.to_string()),
+                    protocol_version: match c.state {
+                        ConnState::Established { version, .. }
+                        | ConnState::AwaitFeatures { version } => Some(version),
+                        ConnState::AwaitPreamble => None,
+                    },
+                    age_secs: now.saturating_duration_since(c.opened_at).as_secs(),
+                }
+            })
+            .collect();
+        let targets = self
+            .maker
+            .targets()
+            .map(|(addr, t)| TargetStatus {
+                address: addr.to_string(),
+                origin: match t.origin {
+                    TargetOrigin::User => "user".into(),
+                    TargetOrigin::Discovered(_) => "discovered".into(),
+                },
+                state: match t.state {
+                    TargetState::Connected(_) => "connected",
+                    TargetState::Connecting => "connecting",
+                    TargetState::Waiting if t.failures > 0 => "retrying",
+                    TargetState::Waiting => "waiting",
+                    TargetState::IsSelf => "self",
+                }
+                .into(),
+                failures: t.failures,
+                last_error: t.last_error.clone(),
+                retry_in_secs: (t.state == TargetState::Waiting && t.failures > 0)
+                    .then(|| t.next_attempt.saturating_duration_since(now).as_secs()),
+            })
+            .collect();
+        let routes = self.topology.routes();
+        let mut peers: Vec<PeerStatus> = self
+            .topology
+            .peers()
+            .map(|e| PeerStatus {
+                name: e.name.to_string(),
+                nickname: e.nickname.clone(),
+                uid: e.uid.to_string(),
+                version: e.version,
+                reachable: routes.reachable(e.name),
+                is_local: e.name == id.name,
+                next_hop: routes.next_hop(e.name).map(|h| h.to_string()),
+                hops: routes.hops(e.name),
+                connections: e
+                    .connections
+                    .iter()
+                    .map(|c| PeerConnectionStatus {
+                        peer: c.peer.to_string(),
+                        address: c.addr.map(|a| a.to_string()),
+                        outbound: c.outbound(),
+                        established: c.established(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        peers.sort_by(|a, b| (!a.is_local, &a.name).cmp(&(!b.is_local, &b.name)));
+        RouterStatus {
+            name: id.name.to_string(),
+            nickname: id.nickname.clone(),
+            uid: id.uid.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol_min: *self.config.protocol_versions.start(),
+            protocol_max: *self.config.protocol_versions.end(),
+            listen_port: self.config.listen_port,
+            discovery: self.config.discovery,
+            topology_version: self.topology.local_entry().version,
+            connections,
+            targets,
+            peers,
+        }
+    }
+
+    // ----- internals -----
+
+    fn open(&mut self, now: Instant, direction: Direction, remote: SocketAddr) -> ConnHandle {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let conn = Connection::new(
+            now,
+            handle,
+            direction,
+            remote,
+            self.preamble,
+            self.rng.random(),
+        );
+        self.actions.push_back(Action::Send {
+            conn: handle,
+            bytes: conn.preamble_bytes(),
+        });
+        debug!(conn = handle, %remote, outbound = conn.is_outbound(), "connection opened");
+        self.conns.insert(handle, conn);
+        handle
+    }
+
+    fn on_features(&mut self, now: Instant, conn: ConnHandle, f: Features) {
+        let me = self.config.identity.name;
+        if f.name == me {
+            let reason = if f.uid == self.config.identity.uid {
+                if let Some(Direction::Outbound { target }) =
+                    self.conns.get(&conn).map(|c| c.direction.clone())
+                {
+                    self.maker.mark_self(&target);
+                }
+                CloseReason::ConnectedToSelf
+            } else {
+                CloseReason::NameCollision {
+                    name: f.name,
+                    their_uid: f.uid,
+                }
+            };
+            self.close(now, conn, reason, true);
+            return;
+        }
+        if let Some(&other) = self.by_peer.get(&f.name)
+            && other != conn
+        {
+            let Some(old) = self.conns.get(&other) else {
+                return;
+            };
+            let old_uid = old.remote().map(|r| r.uid);
+            if old_uid != Some(f.uid) {
+                self.close(now, other, CloseReason::ReplacedByNewIncarnation, true);
+            } else {
+                let new_outbound = self.conns.get(&conn).is_some_and(Connection::is_outbound);
+                let initiator = |outbound: bool| if outbound { me } else { f.name };
+                let (init_new, init_old) = (initiator(new_outbound), initiator(old.is_outbound()));
+                // Both ends apply the same rule: prefer the connection the
+                // lower-named peer dialled; if one side dialled twice, keep
+                // the newer connection.
+                let keep_new = init_new == init_old || init_new == me.min(f.name);
+                let (loser, winner, kept_by) = if keep_new {
+                    (other, conn, init_new)
+                } else {
+                    (conn, other, init_old)
+                };
+                if let Some(Direction::Outbound { target }) =
+                    self.conns.get(&loser).map(|c| c.direction.clone())
+                {
+                    self.maker.connected(now, &target, winner);
+                }
+                self.close(
+                    now,
+                    loser,
+                    CloseReason::Duplicate {
+                        kept_initiated_by: kept_by,
+                    },
+                    true,
+                );
+                if !keep_new {
+                    return;
+                }
+            }
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        info!(
+            peer = %f.name, nickname = %f.nickname, conn_id = ?c.id(), addr = %c.remote_addr,
+            outbound = c.is_outbound(), "connection established"
+        );
+        if let Direction::Outbound { target } = &c.direction {
+            let target = target.clone();
+            self.maker.connected(now, &target, conn);
+        }
+        self.by_peer.insert(f.name, conn);
+        self.update_local_entry(now);
+        self.send_full_state(now, f.name);
+    }
+
+    fn on_message(&mut self, now: Instant, conn: ConnHandle, msg: ControlMessage) {
+        let Some(from) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.remote())
+            .map(|f| f.name)
+        else {
+            return;
+        };
+        let me = self.config.identity.name;
+        match msg {
+            ControlMessage::Heartbeat
+            | ControlMessage::Features(_)
+            | ControlMessage::Close { .. } => {}
+            ControlMessage::Gossip { channel, payload } => {
+                self.stats
+                    .record_received(&channel, GossipKind::Delta, payload.len());
+                if channel == TOPOLOGY_CHANNEL {
+                    match TopologyUpdate::decode(&payload) {
+                        Ok(update) => self.on_topology(now, from, update),
+                        Err(e) => self.close(now, conn, CloseReason::Protocol(e), true),
+                    }
+                } else if let Some(g) = self.channels.get_mut(&channel) {
+                    match g.on_gossip(from, &payload) {
+                        Ok(Some(delta)) => {
+                            let msg = ControlMessage::Gossip {
+                                channel: channel.clone(),
+                                payload: delta,
+                            };
+                            self.spread(now, &msg, &channel, Some(from), GossipKind::Delta);
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(peer = %from, %channel, error = %e, "rejected gossip"),
+                    }
+                }
+            }
+            ControlMessage::GossipUnicast {
+                channel,
+                src,
+                dst,
+                payload,
+            } => {
+                self.stats
+                    .record_received(&channel, GossipKind::Unicast, payload.len());
+                if dst == me {
+                    if let Some(g) = self.channels.get_mut(&channel)
+                        && let Err(e) = g.on_unicast(src, &payload)
+                    {
+                        warn!(peer = %src, %channel, error = %e, "rejected unicast gossip");
+                    }
+                    return;
+                }
+                match self.topology.routes().next_hop(dst) {
+                    Some(hop) => {
+                        let msg = ControlMessage::GossipUnicast {
+                            channel: channel.clone(),
+                            src,
+                            dst,
+                            payload,
+                        };
+                        self.send_to_peer(now, hop, &msg, &channel, GossipKind::Unicast);
+                    }
+                    None => {
+                        self.stats.undeliverable += 1;
+                        debug!(%src, %dst, %channel, "dropping unicast gossip: no route");
+                    }
+                }
+            }
+            ControlMessage::GossipBroadcast {
+                channel,
+                src,
+                payload,
+            } => {
+                self.stats
+                    .record_received(&channel, GossipKind::Broadcast, payload.len());
+                if src == me {
+                    return;
+                }
+                if let Some(g) = self.channels.get_mut(&channel)
+                    && let Err(e) = g.on_broadcast(src, &payload)
+                {
+                    warn!(peer = %src, %channel, error = %e, "rejected broadcast gossip");
+                }
+                let hops = self.topology.routes_mut().broadcast_next_hops(src).to_vec();
+                let msg = ControlMessage::GossipBroadcast {
+                    channel: channel.clone(),
+                    src,
+                    payload,
+                };
+                for hop in hops.into_iter().filter(|&h| h != from && h != src) {
+                    self.send_to_peer(now, hop, &msg, &channel, GossipKind::Broadcast);
+                }
+            }
+        }
+    }
+
+    fn on_topology(&mut self, now: Instant, from: PeerName, update: TopologyUpdate) {
+        let outcome = self.topology.merge(now, update);
+        if let Some(uid) = outcome.superseded_other_incarnation {
+            info!(
+                stale_uid = %uid,
+                "an entry under our name with another uid was circulating (our previous incarnation, or a name collision); our entry now outranks it"
+            );
+        }
+        for p in &outcome.joined {
+            if let Some(e) = self.topology.get(*p) {
+                info!(peer = %p, nickname = %e.nickname, via = %from, "peer joined");
+            }
+        }
+        if !outcome.delta.is_empty() {
+            self.spread_topology(now, outcome.delta, Some(from));
+            self.topology_changed(now);
+        }
+    }
+
+    /// Rebuilds our own entry from established connections and gossips it
+    /// if it changed.
+    fn update_local_entry(&mut self, now: Instant) {
+        let entries: Vec<ConnEntry> = self
+            .by_peer
+            .iter()
+            .filter_map(|(&peer, h)| {
+                let c = self.conns.get(h)?;
+                let flags = FLAG_ESTABLISHED | if c.is_outbound() { FLAG_OUTBOUND } else { 0 };
+                Some(ConnEntry {
+                    peer,
+                    addr: c.remote_listen_addr().map(WireAddr::from),
+                    flags,
+                })
+            })
+            .collect();
+        if let Some(entry) = self.topology.set_local_connections(now, entries) {
+            self.spread_topology(now, vec![entry], None);
+            self.topology_changed(now);
+        }
+    }
+
+    /// Reacts to any change of the topology: discovery targets, redials.
+    fn topology_changed(&mut self, now: Instant) {
+        if self.config.discovery {
+            let me = self.config.identity.name;
+            let routes = self.topology.routes();
+            let mut found = BTreeMap::new();
+            for e in self.topology.peers().filter(|e| routes.reachable(e.name)) {
+                for c in &e.connections {
+                    if c.peer != me
+                        && !self.by_peer.contains_key(&c.peer)
+                        && routes.reachable(c.peer)
+                        && let Some(addr) = c.addr
+                    {
+                        found.insert(PeerAddr::from_socket(addr.into()), c.peer);
+                    }
+                }
+            }
+            self.maker.set_discovered(now, found);
+        }
+        self.dial_due(now);
+    }
+
+    fn dial_due(&mut self, now: Instant) {
+        // A target already served by an established connection (one the
+        // peer dialled, or one to the discovered peer) needs no dial.
+        let mut satisfied = Vec::new();
+        for (addr, t) in self.maker.targets() {
+            if t.state != TargetState::Waiting {
+                continue;
+            }
+            let by_name = match t.origin {
+                TargetOrigin::Discovered(peer) => self.by_peer.get(&peer).copied(),
+                TargetOrigin::User => None,
+            };
+            let by_addr = addr.socket_addr().and_then(|sa| {
+                self.by_peer.values().copied().find(|h| {
+                    self.conns.get(h).and_then(Connection::remote_listen_addr) == Some(sa)
+                })
+            });
+            if let Some(h) = by_name.or(by_addr) {
+                satisfied.push((addr.clone(), h));
+            }
+        }
+        for (addr, h) in satisfied {
+            self.maker.connected(now, &addr, h);
+        }
+        for target in self.maker.due(now, |_, _| false) {
+            debug!(%target, "dialling");
+            self.actions.push_back(Action::Dial { target });
+        }
+    }
+
+    fn send_full_state(&mut self, now: Instant, peer: PeerName) {
+        for chunk in TopologyUpdate::encode_chunked(self.topology.full_state()) {
+            let msg = ControlMessage::Gossip {
+                channel: TOPOLOGY_CHANNEL.into(),
+                payload: chunk,
+            };
+            self.send_to_peer(now, peer, &msg, TOPOLOGY_CHANNEL, GossipKind::FullState);
+        }
+        let states: Vec<(String, Vec<Vec<u8>>)> = self
+            .channels
+            .iter()
+            .map(|(name, g)| (name.clone(), g.full_state()))
+            .collect();
+        for (channel, chunks) in states {
+            for payload in chunks {
+                let msg = ControlMessage::Gossip {
+                    channel: channel.clone(),
+                    payload,
+                };
+                self.send_to_peer(now, peer, &msg, &channel, GossipKind::FullState);
+            }
+        }
+    }
+
+    fn spread_topology(&mut self, now: Instant, delta: Vec<PeerEntry>, from: Option<PeerName>) {
+        for payload in TopologyUpdate::encode_chunked(delta) {
+            let msg = ControlMessage::Gossip {
+                channel: TOPOLOGY_CHANNEL.into(),
+                payload,
+            };
+            self.spread(now, &msg, TOPOLOGY_CHANNEL, from, GossipKind::Delta);
+        }
+    }
+
+    /// Sends plain gossip to `fanout` random neighbours other than `from`.
+    fn spread(
+        &mut self,
+        now: Instant,
+        msg: &ControlMessage,
+        channel: &str,
+        from: Option<PeerName>,
+        kind: GossipKind,
+    ) {
+        let k = gossip::fanout(self.topology.reachable_count());
+        let neighbours = self.neighbours();
+        for peer in gossip::choose_neighbours(&mut self.rng, &neighbours, from, k) {
+            self.send_to_peer(now, peer, msg, channel, kind);
+        }
+    }
+
+    fn send_to_peer(
+        &mut self,
+        now: Instant,
+        peer: PeerName,
+        msg: &ControlMessage,
+        channel: &str,
+        kind: GossipKind,
+    ) {
+        if let Some(&h) = self.by_peer.get(&peer) {
+            let bytes = self.send(now, h, msg);
+            self.stats.record_sent(channel, kind, bytes);
+        }
+    }
+
+    /// Frames and queues `msg`; returns the bytes queued.
+    fn send(&mut self, now: Instant, conn: ConnHandle, msg: &ControlMessage) -> usize {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return 0;
+        };
+        match c.encode(now, msg) {
+            Ok(bytes) => {
+                let len = bytes.len();
+                self.actions.push_back(Action::Send { conn, bytes });
+                len
+            }
+            Err(e) => {
+                warn!(conn, error = %e, "BUG: could not frame an outgoing message; dropped");
+                0
+            }
+        }
+    }
+
+    fn close(&mut self, now: Instant, conn: ConnHandle, reason: CloseReason, notify: bool) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let text = reason.to_string();
+        if notify && c.state != ConnState::AwaitPreamble {
+            let mut said = text.clone();
+            if said.len() > MAX_REASON_LEN {
+                let mut cut = MAX_REASON_LEN;
+                while !said.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                said.truncate(cut);
+            }
+            self.send(now, conn, &ControlMessage::Close { reason: said });
+        }
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.actions.push_back(Action::Close {
+            conn,
+            reason: text.clone(),
+        });
+        let peer = c.remote().map(|f| f.name);
+        match peer {
+            Some(p) => {
+                info!(peer = %p, conn_id = ?c.id(), addr = %c.remote_addr, reason = %text, "connection closed")
+            }
+            None => {
+                info!(addr = %c.remote_addr, reason = %text, "connection failed during handshake")
+            }
+        }
+        let was_neighbour = peer.is_some_and(|p| self.by_peer.get(&p) == Some(&conn));
+        if let Direction::Outbound { target } = &c.direction {
+            match (&reason, was_neighbour) {
+                (CloseReason::ConnectedToSelf | CloseReason::Duplicate { .. }, _) => {}
+                (_, true) => self.maker.disconnected(now, conn, &text, &mut self.rng),
+                (_, false) => self.maker.failed(now, target, text.clone(), &mut self.rng),
+            }
+        } else {
+            self.maker.disconnected(now, conn, &text, &mut self.rng);
+        }
+        if was_neighbour && let Some(p) = peer {
+            self.by_peer.remove(&p);
+            self.update_local_entry(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

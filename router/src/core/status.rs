@@ -1,0 +1,77 @@
+//! A snapshot of the router for `weft status` and the HTTP API. Field names
+//! are part of the API (`docs/api.md`): add, never rename.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStatus {
+    pub name: String,
+    pub nickname: String,
+    pub uid: String,
+    /// The software version of this router.
+    pub version: String,
+    pub protocol_min: u8,
+    pub protocol_max: u8,
+    pub listen_port: u16,
+    pub discovery: bool,
+    /// Version of this peer's own topology entry.
+    pub topology_version: u64,
+    pub connections: Vec<ConnectionStatus>,
+    pub targets: Vec<TargetStatus>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// Peer name, once the handshake told us.
+    pub peer: Option<String>,
+    pub nickname: Option<String>,
+    /// Remote socket address of the TCP connection.
+    pub address: String,
+    /// "outbound" or "inbound".
+    pub direction: String,
+    /// "handshaking" or "established".
+    pub state: String,
+    pub conn_id: Option<String>,
+    pub protocol_version: Option<u8>,
+    /// Seconds since the connection opened.
+    pub age_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub address: String,
+    /// "user" or "discovered".
+    pub origin: String,
+    /// "connected", "connecting", "retrying", "waiting" or "self".
+    pub state: String,
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// Seconds until the next attempt, when retrying.
+    pub retry_in_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub nickname: String,
+    pub uid: String,
+    pub version: u64,
+    /// Whether a route to the peer exists; unreachable peers linger until GC.
+    pub reachable: bool,
+    /// This router itself.
+    pub is_local: bool,
+    /// The neighbour traffic to this peer goes through.
+    pub next_hop: Option<String>,
+    pub hops: Option<u32>,
+    /// The peer's own connections: `(peer name, established)`.
+    pub connections: Vec<PeerConnectionStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConnectionStatus {
+    pub peer: String,
+    pub address: Option<String>,
+    pub outbound: bool,
+    pub established: bool,
+}
