@@ -1,1 +1,366 @@
+//! Router-level tests: a few routers wired together by a synchronous pump
+//! that moves bytes between connection handles. The full simulation (many
+//! peers, latency, loss, partitions) lives in the `tests` crate.
 
+use std::collections::HashMap;
+
+use super::*;
+use crate::core::identity::PeerUid;
+
+struct Net {
+    now: Instant,
+    routers: Vec<Router>,
+    addrs: Vec<SocketAddr>,
+    /// (router, handle) -> (router, handle) of the other end.
+    links: HashMap<(usize, ConnHandle), (usize, ConnHandle)>,
+    /// Pairs whose traffic is silently dropped.
+    blackholed: Vec<(usize, usize)>,
+    closed: Vec<(usize, String)>,
+}
+
+fn identity(i: u64, uid: u64) -> Identity {
+    Identity {
+        name: PeerName::from_u64(0x0200_0000_0000 + i).unwrap(),
+        nickname: format!("h{i}"),
+        uid: PeerUid(uid),
+    }
+}
+
+fn config(id: Identity) -> RouterConfig {
+    let mut c = RouterConfig::new(id, 6783, 1);
+    c.discovery = false;
+    c
+}
+
+impl Net {
+    fn new(configs: Vec<RouterConfig>) -> Self {
+        let now = Instant::now();
+        let addrs = (0..configs.len())
+            .map(|i| format!("192.0.2.{}:6783", i + 1).parse().unwrap())
+            .collect();
+        let routers = configs.into_iter().map(|c| Router::new(c, now)).collect();
+        Self {
+            now,
+            routers,
+            addrs,
+            links: HashMap::new(),
+            blackholed: Vec::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    fn target(&self, i: usize) -> PeerAddr {
+        PeerAddr::from_socket(self.addrs[i])
+    }
+
+    fn index_of(&self, target: &PeerAddr) -> Option<usize> {
+        self.addrs
+            .iter()
+            .position(|a| Some(*a) == target.socket_addr())
+    }
+
+    /// Moves actions until nothing is left to do at the current time.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            for i in 0..self.routers.len() {
+                while let Some(action) = self.routers[i].poll_action() {
+                    progressed = true;
+                    self.apply(i, action);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn apply(&mut self, i: usize, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Dial { target } => match self.index_of(&target) {
+                Some(j) => {
+                    let mine = self.routers[i].handle_dial_succeeded(now, &target, self.addrs[j]);
+                    let src = SocketAddr::new(self.addrs[i].ip(), 40000 + mine as u16);
+                    let theirs = self.routers[j].handle_inbound(now, src);
+                    self.links.insert((i, mine), (j, theirs));
+                    self.links.insert((j, theirs), (i, mine));
+                }
+                None => self.routers[i].handle_dial_failed(now, &target, "connection refused"),
+            },
+            Action::Send { conn, bytes } => {
+                if let Some(&(j, h)) = self.links.get(&(i, conn))
+                    && !self.blackholed.contains(&(i.min(j), i.max(j)))
+                {
+                    self.routers[j].handle_bytes(now, h, &bytes);
+                }
+            }
+            Action::Close { conn, reason } => {
+                self.closed.push((i, reason));
+                if let Some((j, h)) = self.links.remove(&(i, conn)) {
+                    self.links.remove(&(j, h));
+                    self.routers[j].handle_closed(now, h, "closed by peer");
+                }
+            }
+        }
+    }
+
+    /// Advances virtual time in steps, running timers.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now = (self.now + Duration::from_millis(100)).min(end);
+            for r in &mut self.routers {
+                if r.poll_timeout().is_some_and(|t| t <= self.now) {
+                    r.handle_timeout(self.now);
+                }
+            }
+            self.pump();
+        }
+    }
+
+    fn established(&self, i: usize) -> Vec<PeerName> {
+        self.routers[i].neighbours()
+    }
+}
+
+#[test]
+fn two_routers_handshake_and_share_topology() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    let (a, b) = (
+        net.routers[0].identity().name,
+        net.routers[1].identity().name,
+    );
+    assert_eq!(net.established(0), vec![b]);
+    assert_eq!(net.established(1), vec![a]);
+    assert_eq!(net.routers[0].topology().routes().next_hop(b), Some(b));
+    assert_eq!(net.routers[1].topology().routes().next_hop(a), Some(a));
+    let status = net.routers[1].status(net.now);
+    assert_eq!(status.connections[0].direction, "inbound");
+    assert_eq!(status.connections[0].state, "established");
+    assert_eq!(status.peers.len(), 2);
+    // both sides derive the same connection id
+    let id0 = net.routers[0].connections().next().unwrap().id();
+    let id1 = net.routers[1].connections().next().unwrap().id();
+    assert!(id0.is_some() && id0 == id1);
+}
+
+#[test]
+fn connecting_to_ourselves_is_rejected_and_never_retried() {
+    let mut net = Net::new(vec![config(identity(1, 11))]);
+    let t = net.target(0);
+    net.routers[0].add_targets(net.now, [t.clone()]);
+    net.pump();
+    assert!(net.established(0).is_empty());
+    assert!(
+        net.closed
+            .iter()
+            .any(|(_, r)| r == "connected to ourselves"),
+        "{:?}",
+        net.closed
+    );
+    net.advance(Duration::from_secs(120));
+    let status = net.routers[0].status(net.now);
+    assert_eq!(status.targets[0].state, "self");
+    assert!(
+        net.routers[0].connections().next().is_none(),
+        "no further dial"
+    );
+}
+
+#[test]
+fn a_name_collision_is_rejected_with_a_reason_on_both_sides() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(1, 99))]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    assert!(net.established(0).is_empty() && net.established(1).is_empty());
+    assert_eq!(net.closed.len(), 2, "{:?}", net.closed);
+    for (_, reason) in &net.closed {
+        assert!(reason.contains("peer name collision"), "{reason}");
+    }
+    let status = net.routers[0].status(net.now);
+    assert_eq!(status.targets[0].state, "retrying");
+    assert!(
+        status.targets[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("collision")
+    );
+}
+
+#[test]
+fn no_common_version_is_rejected() {
+    let mut old = config(identity(1, 11));
+    old.protocol_versions = 1..=1;
+    let mut new = config(identity(2, 22));
+    new.protocol_versions = 2..=3;
+    let mut net = Net::new(vec![old, new]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    assert!(net.established(0).is_empty());
+    assert!(
+        net.closed
+            .iter()
+            .all(|(_, r)| r.starts_with("no common protocol version")),
+        "{:?}",
+        net.closed
+    );
+}
+
+#[test]
+fn highest_common_version_is_chosen() {
+    let mut a = config(identity(1, 11));
+    a.protocol_versions = 1..=3;
+    let mut b = config(identity(2, 22));
+    b.protocol_versions = 2..=5;
+    let mut net = Net::new(vec![a, b]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    assert_eq!(
+        net.routers[0].status(net.now).connections[0].protocol_version,
+        Some(3)
+    );
+    assert_eq!(
+        net.routers[1].status(net.now).connections[0].protocol_version,
+        Some(3)
+    );
+}
+
+#[test]
+fn simultaneous_dials_leave_exactly_one_connection_chosen_alike() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    let (t0, t1) = (net.target(0), net.target(1));
+    let now = net.now;
+    net.routers[0].add_targets(now, [t1]);
+    net.routers[1].add_targets(now, [t0]);
+    net.pump();
+    net.advance(Duration::from_secs(30));
+    let c0: Vec<&Connection> = net.routers[0].connections().collect();
+    let c1: Vec<&Connection> = net.routers[1].connections().collect();
+    assert_eq!((c0.len(), c1.len()), (1, 1));
+    assert_eq!(c0[0].id(), c1[0].id());
+    // peer 1 has the lower name, so the survivor is the one it dialled
+    assert!(c0[0].is_outbound() && !c1[0].is_outbound());
+    // and neither keeps redialling
+    for r in &net.routers {
+        assert!(
+            r.status(net.now)
+                .targets
+                .iter()
+                .all(|t| t.state == "connected"),
+            "{:?}",
+            r.status(net.now).targets
+        );
+    }
+}
+
+#[test]
+fn a_silent_connection_is_declared_dead_within_the_heartbeat_timeout() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    net.advance(Duration::from_secs(10));
+    assert_eq!(
+        net.established(0).len(),
+        1,
+        "heartbeats keep an idle connection alive"
+    );
+    net.blackholed.push((0, 1));
+    net.advance(Duration::from_millis(3500));
+    assert_eq!(net.established(0).len(), 1);
+    net.advance(Duration::from_millis(700));
+    assert!(net.established(0).is_empty() && net.established(1).is_empty());
+    assert!(
+        net.closed
+            .iter()
+            .any(|(_, r)| r.starts_with("no heartbeat")),
+        "{:?}",
+        net.closed
+    );
+}
+
+#[test]
+fn a_line_relays_topology_so_the_ends_route_through_the_middle() {
+    let mut net = Net::new((1..=3).map(|i| config(identity(i, i * 11))).collect());
+    let t1 = net.target(1);
+    let now = net.now;
+    net.routers[0].add_targets(now, [t1.clone()]);
+    net.routers[2].add_targets(now, [t1]);
+    net.pump();
+    let (a, b, c) = (
+        net.routers[0].identity().name,
+        net.routers[1].identity().name,
+        net.routers[2].identity().name,
+    );
+    assert_eq!(net.routers[0].topology().routes().next_hop(c), Some(b));
+    assert_eq!(net.routers[2].topology().routes().next_hop(a), Some(b));
+    assert_eq!(net.routers[2].topology().routes().hops(a), Some(2));
+}
+
+#[test]
+fn a_restarted_peer_replaces_its_old_connection_and_entry() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    // Router 0 restarts (same name, new uid) without its old socket closing.
+    let now = net.now;
+    net.routers[0] = Router::new(config(identity(1, 12)), now);
+    net.links.retain(|&(i, _), _| i != 0);
+    let t = net.target(1);
+    net.routers[0].add_targets(now, [t]);
+    net.pump();
+    let a = net.routers[0].identity().name;
+    assert_eq!(net.routers[1].neighbours(), vec![a]);
+    assert_eq!(
+        net.routers[1].connections().count(),
+        1,
+        "the old incarnation's connection is gone"
+    );
+    assert_eq!(net.routers[1].topology().get(a).unwrap().uid, PeerUid(12));
+    assert!(net.routers[1].topology().routes().reachable(a));
+}
+
+#[test]
+fn garbage_on_the_port_is_rejected_without_a_reply() {
+    let mut net = Net::new(vec![config(identity(1, 11))]);
+    let now = net.now;
+    let h = net.routers[0].handle_inbound(now, "192.0.2.9:5555".parse().unwrap());
+    assert!(
+        matches!(net.routers[0].poll_action(), Some(Action::Send { .. })),
+        "our preamble"
+    );
+    net.routers[0].handle_bytes(now, h, b"GET / HTTP/1.1\r\n\r\n");
+    match net.routers[0].poll_action() {
+        Some(Action::Close { reason, .. }) => {
+            assert!(reason.contains("not a weft router"), "{reason}")
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    assert!(net.routers[0].poll_action().is_none());
+}
+
+#[test]
+fn a_handshake_that_stalls_times_out() {
+    let mut net = Net::new(vec![config(identity(1, 11))]);
+    let now = net.now;
+    net.routers[0].handle_inbound(now, "192.0.2.9:5555".parse().unwrap());
+    net.pump();
+    net.advance(Duration::from_secs(6));
+    assert!(
+        net.closed
+            .iter()
+            .any(|(_, r)| r.starts_with("handshake not completed")),
+        "{:?}",
+        net.closed
+    );
+    assert_eq!(net.routers[0].connections().count(), 0);
+}

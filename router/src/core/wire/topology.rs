@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn chunks_are_bounded_and_complete() {
-        let peers: Vec<PeerEntry> = (1..3000)
+        let peers: Vec<PeerEntry> = (1..20_000)
             .map(|n| entry(n, &[n + 1, n + 2, n + 3]))
             .collect();
         let chunks = TopologyUpdate::encode_chunked(peers.clone());
