@@ -48,6 +48,7 @@ pub enum CloseReason {
     },
     ReplacedByNewIncarnation,
     HandshakeTimeout(Duration),
+    TooManyHandshakes(usize),
     HeartbeatTimeout(Duration),
     /// The remote end sent `Close` with this reason.
     RemoteClosed(String),
@@ -79,6 +80,7 @@ impl fmt::Display for CloseReason {
                 "replaced by a connection from the peer's new incarnation"
             ),
             CloseReason::HandshakeTimeout(d) => write!(f, "handshake not completed within {d:?}"),
+            CloseReason::TooManyHandshakes(n) => write!(f, "too many pending handshakes ({n}); refusing new connections until they finish"),
             CloseReason::HeartbeatTimeout(d) => write!(f, "no heartbeat for {d:?}"),
             CloseReason::RemoteClosed(reason) => write!(f, "closed by peer: {reason}"),
             CloseReason::Io(e) => write!(f, "{e}"),

@@ -33,6 +33,9 @@ use crate::core::wire::topology::{
     ConnEntry, FLAG_ESTABLISHED, FLAG_OUTBOUND, PeerEntry, TopologyUpdate,
 };
 
+/// Inbound connections allowed to be mid-handshake at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
 /// Tunables. Defaults suit a LAN or a few datacenters; every one of them is
 /// a trade between detection speed and chatter.
 #[derive(Clone, Debug)]
@@ -227,8 +230,18 @@ impl Router {
     }
 
     /// Someone connected to our listener.
+    ///
+    /// While [`MAX_PENDING_HANDSHAKES`] connections are still handshaking,
+    /// a new one is closed at once, before any parsing: a connect flood
+    /// cannot starve established peers of memory or timer work.
     pub fn handle_inbound(&mut self, now: Instant, remote: SocketAddr) -> ConnHandle {
-        self.open(now, Direction::Inbound, remote)
+        let pending = self.conns.values().filter(|c| c.remote().is_none()).count();
+        let handle = self.open(now, Direction::Inbound, remote);
+        if pending >= MAX_PENDING_HANDSHAKES {
+            warn!(%remote, pending, "refusing connection: too many pending handshakes");
+            self.close(now, handle, CloseReason::TooManyHandshakes(MAX_PENDING_HANDSHAKES), false);
+        }
+        handle
     }
 
     /// Bytes arrived on a connection.

@@ -364,3 +364,22 @@ fn a_handshake_that_stalls_times_out() {
     );
     assert_eq!(net.routers[0].connections().count(), 0);
 }
+
+#[test]
+fn a_connect_flood_is_refused_beyond_the_pending_limit_and_peers_keep_working() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    let now = net.now;
+    for i in 0..(MAX_PENDING_HANDSHAKES + 10) {
+        net.routers[1].handle_inbound(now, SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i as u16));
+    }
+    net.pump();
+    let refused = net.closed.iter().filter(|(_, r)| r.starts_with("too many pending handshakes")).count();
+    assert_eq!(refused, 10);
+    assert_eq!(net.routers[1].connections().count(), MAX_PENDING_HANDSHAKES + 1);
+    net.advance(Duration::from_secs(6));
+    assert_eq!(net.routers[1].connections().count(), 1, "stalled handshakes time out");
+    assert_eq!(net.established(1).len(), 1, "the real peer stayed connected throughout");
+}
