@@ -80,7 +80,10 @@ impl fmt::Display for CloseReason {
                 "replaced by a connection from the peer's new incarnation"
             ),
             CloseReason::HandshakeTimeout(d) => write!(f, "handshake not completed within {d:?}"),
-            CloseReason::TooManyHandshakes(n) => write!(f, "too many pending handshakes ({n}); refusing new connections until they finish"),
+            CloseReason::TooManyHandshakes(n) => write!(
+                f,
+                "too many pending handshakes ({n}); refusing new connections until they finish"
+            ),
             CloseReason::HeartbeatTimeout(d) => write!(f, "no heartbeat for {d:?}"),
             CloseReason::RemoteClosed(reason) => write!(f, "closed by peer: {reason}"),
             CloseReason::Io(e) => write!(f, "{e}"),

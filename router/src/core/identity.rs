@@ -38,6 +38,17 @@ impl PeerName {
         Self((raw | 0x0200_0000_0000) & !0x0100_0000_0000)
     }
 
+    /// A name from its six bytes on the wire (big-endian); always valid.
+    pub fn from_bytes(b: [u8; 6]) -> Self {
+        Self(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    }
+
+    /// The six bytes written on the wire (big-endian).
+    pub fn to_bytes(self) -> [u8; 6] {
+        let b = self.0.to_be_bytes();
+        [b[2], b[3], b[4], b[5], b[6], b[7]]
+    }
+
     /// The numeric value (48 bits).
     pub fn as_u64(self) -> u64 {
         self.0

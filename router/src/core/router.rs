@@ -239,7 +239,12 @@ impl Router {
         let handle = self.open(now, Direction::Inbound, remote);
         if pending >= MAX_PENDING_HANDSHAKES {
             warn!(%remote, pending, "refusing connection: too many pending handshakes");
-            self.close(now, handle, CloseReason::TooManyHandshakes(MAX_PENDING_HANDSHAKES), false);
+            self.close(
+                now,
+                handle,
+                CloseReason::TooManyHandshakes(MAX_PENDING_HANDSHAKES),
+                false,
+            );
         }
         handle
     }

@@ -373,13 +373,31 @@ fn a_connect_flood_is_refused_beyond_the_pending_limit_and_peers_keep_working() 
     net.pump();
     let now = net.now;
     for i in 0..(MAX_PENDING_HANDSHAKES + 10) {
-        net.routers[1].handle_inbound(now, SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i as u16));
+        net.routers[1].handle_inbound(
+            now,
+            SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i as u16),
+        );
     }
     net.pump();
-    let refused = net.closed.iter().filter(|(_, r)| r.starts_with("too many pending handshakes")).count();
+    let refused = net
+        .closed
+        .iter()
+        .filter(|(_, r)| r.starts_with("too many pending handshakes"))
+        .count();
     assert_eq!(refused, 10);
-    assert_eq!(net.routers[1].connections().count(), MAX_PENDING_HANDSHAKES + 1);
+    assert_eq!(
+        net.routers[1].connections().count(),
+        MAX_PENDING_HANDSHAKES + 1
+    );
     net.advance(Duration::from_secs(6));
-    assert_eq!(net.routers[1].connections().count(), 1, "stalled handshakes time out");
-    assert_eq!(net.established(1).len(), 1, "the real peer stayed connected throughout");
+    assert_eq!(
+        net.routers[1].connections().count(),
+        1,
+        "stalled handshakes time out"
+    );
+    assert_eq!(
+        net.established(1).len(),
+        1,
+        "the real peer stayed connected throughout"
+    );
 }

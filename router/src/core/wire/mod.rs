@@ -16,9 +16,12 @@
 
 pub mod addr;
 pub mod control;
+pub mod ethernet;
 pub mod framing;
+pub mod ipv4;
 pub mod preamble;
 pub mod topology;
+pub mod udp;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
