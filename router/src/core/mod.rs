@@ -3,8 +3,10 @@
 
 pub mod conn_maker;
 pub mod connection;
+pub mod forward;
 pub mod gossip;
 pub mod identity;
+pub mod mac_table;
 pub mod router;
 pub mod routes;
 pub mod status;

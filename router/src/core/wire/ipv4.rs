@@ -202,7 +202,7 @@ fn header_for_later_fragments(header: &[u8]) -> Vec<u8> {
         }
         opts = &opts[len..];
     }
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out[0] = 0x40 | (out.len() / 4) as u8;
