@@ -4,4 +4,6 @@
 //! gossip, routes); it never touches a socket or a clock. [`shell`] is the
 //! thin tokio layer that runs it for real, and [`cli`] the `weft` command.
 
+pub mod cli;
 pub mod core;
+pub mod shell;

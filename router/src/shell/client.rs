@@ -1,0 +1,176 @@
+//! A small client for the router's HTTP API, used by the `weft` CLI.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+
+use crate::core::status::RouterStatus;
+use crate::shell::describe_io_error;
+use crate::shell::http_api::{
+    ConnectResponse, ErrorResponse, ForgetResponse, PeersRequest, StopResponse,
+};
+
+/// The whole exchange must finish within this; the router answers from
+/// memory, so a slower answer means it is wedged.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A status of hundreds of peers is well below this.
+const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no weft router is answering at {addr} (is it running? start it with `weft launch`)")]
+    NotRunning { addr: SocketAddr },
+    #[error("cannot reach the weft router API at {addr}: {}", describe_io_error(.error))]
+    Connect { addr: SocketAddr, error: io::Error },
+    #[error(
+        "the weft router at {addr} did not answer within {}s; check its log",
+        REQUEST_TIMEOUT.as_secs()
+    )]
+    Timeout { addr: SocketAddr },
+    #[error("the weft router at {addr} refused the request: {message}")]
+    Api {
+        addr: SocketAddr,
+        status: u16,
+        message: String,
+    },
+    #[error("talking to the weft router at {addr} failed: {error}")]
+    Http {
+        addr: SocketAddr,
+        error: hyper::Error,
+    },
+    #[error("the weft router at {addr} sent an answer weft cannot read: {why}")]
+    BadResponse { addr: SocketAddr, why: String },
+}
+
+impl ClientError {
+    /// Whether the error says nothing listens at the address.
+    pub fn is_not_running(&self) -> bool {
+        matches!(self, ClientError::NotRunning { .. })
+    }
+}
+
+/// Talks to one router's API.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    addr: SocketAddr,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn get_status(&self) -> Result<RouterStatus, ClientError> {
+        self.request(Method::GET, "/status", None).await
+    }
+
+    pub async fn post_connect(&self, peers: &[String]) -> Result<ConnectResponse, ClientError> {
+        let body = peers_body(peers);
+        self.request(Method::POST, "/connect", Some(body)).await
+    }
+
+    pub async fn post_forget(&self, peers: &[String]) -> Result<ForgetResponse, ClientError> {
+        let body = peers_body(peers);
+        self.request(Method::POST, "/forget", Some(body)).await
+    }
+
+    pub async fn post_stop(&self) -> Result<StopResponse, ClientError> {
+        self.request(Method::POST, "/stop", None).await
+    }
+
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
+            .await
+            .map_err(|_| ClientError::Timeout { addr: self.addr })?
+    }
+
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let addr = self.addr;
+        let stream = TcpStream::connect(addr).await.map_err(|error| {
+            if error.kind() == io::ErrorKind::ConnectionRefused {
+                ClientError::NotRunning { addr }
+            } else {
+                ClientError::Connect { addr, error }
+            }
+        })?;
+        let http = |error| ClientError::Http { addr, error };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        // Drives the connection; ends when `sender` is dropped.
+        tokio::spawn(conn);
+
+        let mut request = Request::builder().method(method).uri(path);
+        if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+            request = request.header(HOST, host);
+        }
+        let body: BoxBody<Bytes, hyper::Error> = match body {
+            Some(bytes) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(bytes))
+                    .map_err(|never| match never {})
+                    .boxed()
+            }
+            None => Empty::new().map_err(|never| match never {}).boxed(),
+        };
+        let request = request.body(body).map_err(|e| ClientError::BadResponse {
+            addr,
+            why: format!("cannot build request: {e}"),
+        })?;
+        let response = sender.send_request(request).await.map_err(http)?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map_err(|e| ClientError::BadResponse {
+                addr,
+                why: e.to_string(),
+            })?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let message = serde_json::from_slice::<ErrorResponse>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(ClientError::Api {
+                addr,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
+            addr,
+            why: e.to_string(),
+        })
+    }
+}
+
+fn peers_body(peers: &[String]) -> Vec<u8> {
+    let request = PeersRequest {
+        peers: peers.to_vec(),
+    };
+    // A struct of strings always serialises.
+    serde_json::to_vec(&request).unwrap_or_default()
+}

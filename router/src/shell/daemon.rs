@@ -1,0 +1,496 @@
+//! The router daemon: one task owns the [`Router`] and turns its actions
+//! into socket operations; everything else reports to it over one queue.
+//!
+//! ```text
+//!  accept task ─┐                      ┌─> writer task per connection
+//!  dial tasks  ─┤                      │
+//!  reader tasks ┼─> events ─> router task
+//!  HTTP API    ─┘     (mpsc)   (owns Router, sleeps until poll_timeout)
+//! ```
+//!
+//! [`run`] takes already-bound listeners and a shutdown token, so tests run
+//! real routers on ephemeral ports in one process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::core::wire::addr::PeerAddr;
+use crate::core::{Action, ConnHandle, Router, RouterConfig};
+use crate::shell::describe_io_error;
+use crate::shell::home::{self, Home};
+use crate::shell::http_api::{self, ApiHandle, ApiRequest};
+use crate::shell::sockets::configure_stream;
+
+/// Time allowed to resolve and connect to one target.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes queued for one connection beyond which the peer is deemed too
+/// slow and dropped; gossip must not grow memory without bound.
+const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Events waiting for the router task; readers wait when it is full, which
+/// pushes back on peers through TCP flow control.
+const EVENT_QUEUE: usize = 1024;
+
+/// Time a closing connection gets to flush its last messages.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Time connections get to flush their goodbyes when the router stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// What the daemon needs besides its listeners.
+#[derive(Debug)]
+pub struct DaemonConfig {
+    pub router: RouterConfig,
+    /// Targets to connect to from the start (the command line's peers).
+    pub targets: Vec<PeerAddr>,
+    /// The locked home directory, if any: user targets are persisted there,
+    /// and it is released (pid file removed) before the HTTP API stops
+    /// answering, so `weft stop` returning means the home is free again.
+    pub home: Option<Home>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot read the address of the {what} listener: {}", describe_io_error(.error))]
+    ListenerAddr {
+        what: &'static str,
+        error: std::io::Error,
+    },
+}
+
+/// Everything reported to the router task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Inbound {
+        stream: TcpStream,
+        remote: SocketAddr,
+    },
+    DialSucceeded {
+        target: PeerAddr,
+        stream: TcpStream,
+        remote: SocketAddr,
+    },
+    DialFailed {
+        target: PeerAddr,
+        error: String,
+    },
+    Bytes(ConnHandle, Vec<u8>),
+    Closed(ConnHandle, String),
+    Api(ApiRequest),
+}
+
+/// Runs a router until `shutdown` is cancelled or `POST /stop` arrives,
+/// then closes every connection (telling peers why) and returns.
+pub async fn run(
+    config: DaemonConfig,
+    listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let mesh_addr = listener
+        .local_addr()
+        .map_err(|error| DaemonError::ListenerAddr {
+            what: "mesh",
+            error,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|error| DaemonError::ListenerAddr {
+            what: "HTTP API",
+            error,
+        })?;
+    let stop = shutdown.child_token();
+    // The API outlives the router task by a little, see DaemonConfig::home.
+    let api_stop = CancellationToken::new();
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+
+    let http = tokio::spawn(http_api::serve(
+        http_listener,
+        ApiHandle::new(events_tx.clone()),
+        api_stop.clone(),
+    ));
+    let accept = tokio::spawn(accept_loop(listener, events_tx.clone(), stop.clone()));
+
+    let now = tokio::time::Instant::now().into_std();
+    let router = Router::new(config.router, now);
+    let id = router.identity();
+    info!(
+        peer = %id.name, nickname = %id.nickname, mesh = %mesh_addr, api = %http_addr,
+        "weft router started"
+    );
+    let mut task = RouterTask {
+        router,
+        conns: HashMap::new(),
+        events_tx,
+        conn_tasks: TaskTracker::new(),
+        abort_all: CancellationToken::new(),
+        stop: stop.clone(),
+        targets_file: config.home.as_ref().map(Home::targets_path),
+    };
+    task.router.add_targets(now, config.targets);
+    task.persist_targets();
+    task.drain_actions(now);
+    task.run(events_rx).await;
+
+    let _ = accept.await;
+    drop(config.home);
+    api_stop.cancel();
+    let _ = http.await;
+    info!("weft router stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                if events
+                    .send(Event::Inbound { stream, remote })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                warn!(error = %e, "accepting a mesh connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The shell's side of one connection.
+struct ConnIo {
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes handed to the writer and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Graceful close: the reader stops, the writer flushes then shuts down.
+    closing: CancellationToken,
+    /// Hard stop of both tasks.
+    abort: CancellationToken,
+}
+
+struct RouterTask {
+    router: Router,
+    conns: HashMap<ConnHandle, ConnIo>,
+    events_tx: mpsc::Sender<Event>,
+    conn_tasks: TaskTracker,
+    /// Parent of every connection's `abort`.
+    abort_all: CancellationToken,
+    stop: CancellationToken,
+    targets_file: Option<PathBuf>,
+}
+
+impl RouterTask {
+    async fn run(&mut self, mut events: mpsc::Receiver<Event>) {
+        loop {
+            let deadline = self.router.poll_timeout();
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                event = events.recv() => {
+                    // The task holds a sender itself, so the queue never closes.
+                    let Some(event) = event else { break };
+                    let now = tokio::time::Instant::now().into_std();
+                    self.handle_event(now, event);
+                    self.drain_actions(now);
+                }
+                _ = timer => {
+                    let now = tokio::time::Instant::now().into_std();
+                    self.router.handle_timeout(now);
+                    self.drain_actions(now);
+                }
+            }
+        }
+        info!("weft router stopping: closing all connections");
+        let now = tokio::time::Instant::now().into_std();
+        self.router.shutdown(now);
+        self.drain_actions(now);
+        // Nobody reads events any more; dropping the queue fails pending
+        // sends, so no task waits on it.
+        drop(events);
+        self.conn_tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.conn_tasks.wait())
+            .await
+            .is_err()
+        {
+            debug!("connections did not flush in time; dropping them");
+            self.abort_all.cancel();
+            self.conn_tasks.wait().await;
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Inbound { stream, remote } => {
+                let conn = self.router.handle_inbound(now, remote);
+                self.start_conn(conn, stream);
+            }
+            Event::DialSucceeded {
+                target,
+                stream,
+                remote,
+            } => {
+                let conn = self.router.handle_dial_succeeded(now, &target, remote);
+                self.start_conn(conn, stream);
+            }
+            Event::DialFailed { target, error } => {
+                self.router.handle_dial_failed(now, &target, &error);
+            }
+            Event::Bytes(conn, bytes) => {
+                if self.conns.contains_key(&conn) {
+                    self.router.handle_bytes(now, conn, &bytes);
+                }
+            }
+            Event::Closed(conn, error) => {
+                if let Some(io) = self.conns.remove(&conn) {
+                    io.abort.cancel();
+                    self.router.handle_closed(now, conn, &error);
+                }
+            }
+            Event::Api(request) => self.handle_api(now, request),
+        }
+    }
+
+    fn handle_api(&mut self, now: Instant, request: ApiRequest) {
+        match request {
+            ApiRequest::Status(reply) => {
+                let _ = reply.send(self.router.status(now));
+            }
+            ApiRequest::Connect(targets, reply) => {
+                info!(targets = ?targets, "connect requested");
+                self.router.add_targets(now, targets);
+                self.persist_targets();
+                let _ = reply.send(());
+            }
+            ApiRequest::Forget(targets, reply) => {
+                let forgotten = self.router.forget_targets(&targets);
+                info!(targets = ?forgotten, "targets forgotten");
+                self.persist_targets();
+                let _ = reply.send(forgotten);
+            }
+            ApiRequest::Stop(reply) => {
+                info!("stop requested through the HTTP API");
+                let _ = reply.send(());
+                self.stop.cancel();
+            }
+        }
+    }
+
+    fn drain_actions(&mut self, now: Instant) {
+        while let Some(action) = self.router.poll_action() {
+            match action {
+                Action::Dial { target } => self.spawn_dial(target),
+                Action::Send { conn, bytes } => self.send(now, conn, bytes),
+                Action::Close { conn, .. } => {
+                    if let Some(io) = self.conns.remove(&conn) {
+                        io.closing.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, now: Instant, conn: ConnHandle, bytes: Vec<u8>) {
+        let Some(io) = self.conns.get(&conn) else {
+            return;
+        };
+        let len = bytes.len();
+        if io.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            warn!(
+                conn,
+                limit_bytes = MAX_QUEUED_BYTES,
+                "dropping connection: send queue overflow"
+            );
+            if let Some(io) = self.conns.remove(&conn) {
+                io.abort.cancel();
+            }
+            self.router
+                .handle_closed(now, conn, "send queue overflow: peer too slow");
+            return;
+        }
+        io.queued.fetch_add(len, Ordering::Relaxed);
+        // A send fails only when the writer already died; its Closed event
+        // is on the way.
+        let _ = io.writer.send(bytes);
+    }
+
+    fn start_conn(&mut self, conn: ConnHandle, stream: TcpStream) {
+        if let Err(e) = configure_stream(&stream) {
+            debug!(conn, error = %e, "could not set socket options");
+        }
+        let (reader, writer) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let io = ConnIo {
+            writer: tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            closing: CancellationToken::new(),
+            abort: self.abort_all.child_token(),
+        };
+        self.conn_tasks.spawn(read_loop(
+            conn,
+            reader,
+            self.events_tx.clone(),
+            io.closing.clone(),
+            io.abort.clone(),
+        ));
+        self.conn_tasks.spawn(write_loop(
+            conn,
+            writer,
+            rx,
+            io.queued.clone(),
+            self.events_tx.clone(),
+            io.closing.clone(),
+            io.abort.clone(),
+        ));
+        self.conns.insert(conn, io);
+    }
+
+    fn spawn_dial(&self, target: PeerAddr) {
+        let events = self.events_tx.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                event = dial(target) => event,
+            };
+            let _ = events.send(event).await;
+        });
+    }
+
+    fn persist_targets(&self) {
+        let Some(path) = &self.targets_file else {
+            return;
+        };
+        if let Err(e) = home::save_targets(path, &self.router.user_targets()) {
+            warn!(error = %e, "could not save targets");
+        }
+    }
+}
+
+/// Resolves `target` afresh (a moved host is followed) and connects to the
+/// first address that answers.
+async fn dial(target: PeerAddr) -> Event {
+    let attempt = async {
+        let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {}", target.host, describe_io_error(&e)))?;
+        let mut last_error = format!("{} resolved to no addresses", target.host);
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok((stream, addr)),
+                Err(e) => last_error = describe_io_error(&e),
+            }
+        }
+        Err(last_error)
+    };
+    match tokio::time::timeout(DIAL_TIMEOUT, attempt).await {
+        Ok(Ok((stream, remote))) => Event::DialSucceeded {
+            target,
+            stream,
+            remote,
+        },
+        Ok(Err(error)) => Event::DialFailed { target, error },
+        Err(_) => Event::DialFailed {
+            target,
+            error: format!("timed out after {}s", DIAL_TIMEOUT.as_secs()),
+        },
+    }
+}
+
+async fn read_loop(
+    conn: ConnHandle,
+    mut reader: OwnedReadHalf,
+    events: mpsc::Sender<Event>,
+    closing: CancellationToken,
+    abort: CancellationToken,
+) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = closing.cancelled() => return,
+            _ = abort.cancelled() => return,
+            read = reader.read(&mut buf) => read,
+        };
+        let event = match read {
+            Ok(0) => Event::Closed(conn, "closed by peer".into()),
+            Ok(n) => Event::Bytes(conn, buf[..n].to_vec()),
+            Err(e) => Event::Closed(conn, describe_io_error(&e)),
+        };
+        let last = matches!(event, Event::Closed(..));
+        if events.send(event).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    conn: ConnHandle,
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    events: mpsc::Sender<Event>,
+    closing: CancellationToken,
+    abort: CancellationToken,
+) {
+    // Once closing, whatever is still queued gets CLOSE_FLUSH to go out.
+    let deadline = async {
+        closing.cancelled().await;
+        tokio::time::sleep(CLOSE_FLUSH).await;
+    };
+    tokio::pin!(deadline);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = abort.cancelled() => return,
+            _ = &mut deadline => return,
+            next = queue.recv() => next,
+        };
+        // The router task drops the sender on close: flush done, say FIN.
+        let Some(bytes) = next else {
+            let _ = tokio::time::timeout(CLOSE_FLUSH, writer.shutdown()).await;
+            return;
+        };
+        let written = tokio::select! {
+            biased;
+            _ = abort.cancelled() => return,
+            _ = &mut deadline => return,
+            written = writer.write_all(&bytes) => written,
+        };
+        queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+        if let Err(e) = written {
+            let _ = events
+                .send(Event::Closed(conn, describe_io_error(&e)))
+                .await;
+            return;
+        }
+    }
+}
