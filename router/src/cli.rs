@@ -847,6 +847,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_failed_start_shows_only_what_this_launch_logged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("weft.log");
+        std::fs::write(&log, "old run\n").unwrap();
+        let start = std::fs::metadata(&log).unwrap().len();
+        let mut text = String::from("old run\n");
+        for i in 0..15 {
+            text.push_str(&format!("line {i}\n\n"));
+        }
+        std::fs::write(&log, text).unwrap();
+        let tail = log_tail(&log, start);
+        let expected: Vec<String> = (5..15).map(|i| format!("  line {i}")).collect();
+        assert_eq!(tail, expected.join("\n"));
+        let end = std::fs::metadata(&log).unwrap().len();
+        assert_eq!(log_tail(&log, end), "  (the log is empty)");
+    }
+
     fn sample_status() -> RouterStatus {
         serde_json::from_value(serde_json::json!({
             "name": "7a:1f:00:9c:3e:01", "nickname": "host-a", "uid": "00000000000000aa",

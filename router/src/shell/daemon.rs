@@ -133,15 +133,8 @@ pub async fn run(
         peer = %id.name, nickname = %id.nickname, mesh = %mesh_addr, api = %http_addr,
         "weft router started"
     );
-    let mut task = RouterTask {
-        router,
-        conns: HashMap::new(),
-        events_tx,
-        conn_tasks: TaskTracker::new(),
-        abort_all: CancellationToken::new(),
-        stop: stop.clone(),
-        targets_file: config.home.as_ref().map(Home::targets_path),
-    };
+    let targets_file = config.home.as_ref().map(Home::targets_path);
+    let mut task = RouterTask::new(router, events_tx, stop.clone(), targets_file);
     task.router.add_targets(now, config.targets);
     task.persist_targets();
     task.drain_actions(now);
@@ -203,6 +196,23 @@ struct RouterTask {
 }
 
 impl RouterTask {
+    fn new(
+        router: Router,
+        events_tx: mpsc::Sender<Event>,
+        stop: CancellationToken,
+        targets_file: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            router,
+            conns: HashMap::new(),
+            events_tx,
+            conn_tasks: TaskTracker::new(),
+            abort_all: CancellationToken::new(),
+            stop,
+            targets_file,
+        }
+    }
+
     async fn run(&mut self, mut events: mpsc::Receiver<Event>) {
         loop {
             let deadline = self.router.poll_timeout();
@@ -492,5 +502,78 @@ async fn write_loop(
                 .await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::identity::{Identity, PeerName, PeerUid};
+
+    fn router(seed: u64) -> Router {
+        let identity = Identity {
+            name: PeerName::from_u64(0x0200_0000_0000 | seed).unwrap(),
+            nickname: "test".into(),
+            uid: PeerUid(seed),
+        };
+        let now = tokio::time::Instant::now().into_std();
+        Router::new(RouterConfig::new(identity, 6783, seed), now)
+    }
+
+    /// A connected pair: ours (handed to the task) and a peer that never reads.
+    async fn socket_pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (theirs, remote) = listener.accept().await.unwrap();
+        (ours, theirs, remote)
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_is_dropped_at_the_queue_limit() {
+        let (tx, _rx) = mpsc::channel(EVENT_QUEUE);
+        let mut task = RouterTask::new(router(1), tx, CancellationToken::new(), None);
+        let (ours, _theirs, remote) = socket_pair().await;
+        let now = tokio::time::Instant::now().into_std();
+        let conn = task.router.handle_inbound(now, remote);
+        task.start_conn(conn, ours);
+        task.drain_actions(now);
+
+        // The test runtime is single-threaded and nothing here awaits, so
+        // the writer task has not taken anything off the queue yet.
+        task.send(now, conn, vec![0; MAX_QUEUED_BYTES / 2 + 1]);
+        assert!(task.conns.contains_key(&conn));
+        task.send(now, conn, vec![0; MAX_QUEUED_BYTES / 2 + 1]);
+        assert!(!task.conns.contains_key(&conn), "dropped on overflow");
+        assert!(
+            task.router.connection(conn).is_none(),
+            "the core was told the connection is gone"
+        );
+        task.conn_tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), task.conn_tasks.wait())
+            .await
+            .expect("the aborted connection's tasks end");
+    }
+
+    #[tokio::test]
+    async fn close_flushes_queued_bytes_before_the_fin() {
+        let (tx, _rx) = mpsc::channel(EVENT_QUEUE);
+        let mut task = RouterTask::new(router(2), tx, CancellationToken::new(), None);
+        let (ours, mut theirs, remote) = socket_pair().await;
+        let now = tokio::time::Instant::now().into_std();
+        let conn = task.router.handle_inbound(now, remote);
+        task.start_conn(conn, ours);
+        task.drain_actions(now);
+        task.router.shutdown(now);
+        task.drain_actions(now);
+        assert!(task.conns.is_empty());
+
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), theirs.read_to_end(&mut received))
+            .await
+            .expect("the socket is shut down")
+            .unwrap();
+        assert!(!received.is_empty(), "the preamble went out before the FIN");
     }
 }

@@ -23,7 +23,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +37,10 @@ use crate::shell::daemon::Event;
 
 /// Largest request body accepted; a peer list is a few hundred bytes.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+/// A client that has not sent its request headers by then is dropped, so
+/// idle sockets cannot pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time in-flight requests get to finish once the server stops.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
@@ -138,7 +142,10 @@ pub(crate) async fn serve(listener: TcpListener, api: ApiHandle, stop: Cancellat
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(handle(&api, req).await) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
