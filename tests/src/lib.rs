@@ -1,1 +1,3 @@
+//! weft system tests and the deterministic mesh simulation.
 
+pub mod netns;

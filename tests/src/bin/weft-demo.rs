@@ -1,0 +1,203 @@
+//! A five-host weft mesh in network namespaces, to watch it work.
+//!
+//! ```text
+//! sudo cargo run --release -p weft-tests --bin weft-demo [-- --hold]
+//! ```
+//!
+//! Five namespaces share one underlay segment, but amber and ember cannot
+//! reach each other (nftables drops their traffic). Each router is launched
+//! knowing only its predecessor in the line amber–blue–coral–dusk–ember;
+//! discovery then connects everyone directly except the cut pair, who reach
+//! each other through a relay. The demo prints every router's
+//! `weft status`, then tears everything down — also on Ctrl-C or error.
+//! With `--hold` it waits for Ctrl-C before tearing down, so you can look
+//! around with `ip netns exec <namespace> weft status`.
+//!
+//! Needs root, iproute2 and nftables.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use weft_tests::netns::Net;
+
+const HOSTS: [&str; 5] = ["amber", "blue", "coral", "dusk", "ember"];
+
+/// The pair whose underlay path is cut.
+const CUT: (&str, &str) = ("amber", "ember");
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn main() -> ExitCode {
+    let hold = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--hold") => true,
+        Some(other) => {
+            eprintln!("usage: weft-demo [--hold]\nunknown argument {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    watch_signals();
+    match run(hold) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(hold: bool) -> Result<()> {
+    step("building weft and creating five network namespaces on one segment");
+    let net = Net::new(&HOSTS)?;
+    println!("   weft binary: {}", net.weft_path().display());
+    for h in net.hosts() {
+        println!("   {:<6} namespace {:<18} address {}", h.name, h.ns, h.addr);
+    }
+    check_interrupt()?;
+
+    step(&format!(
+        "cutting the underlay path between {} and {} with nftables",
+        CUT.0, CUT.1
+    ));
+    net.cut(CUT.0, CUT.1)?;
+
+    step("launching routers, each knowing only its predecessor in the line");
+    let mut previous: Option<String> = None;
+    for name in HOSTS {
+        let mut args = vec!["--heartbeat-interval", "500ms", "--heartbeat-timeout", "2s"];
+        if let Some(p) = &previous {
+            args.push(p);
+        }
+        net.launch(name, &args)?;
+        println!(
+            "   {name}: weft launch {}",
+            previous.as_deref().unwrap_or("(no peers)")
+        );
+        previous = Some(net.host(name).addr.to_string());
+        check_interrupt()?;
+    }
+
+    step("waiting until every router reaches every other one");
+    let start = Instant::now();
+    wait(Duration::from_secs(60), || {
+        for h in net.hosts() {
+            let r = net.report(&h.name)?;
+            let all = HOSTS.iter().all(|&n| n == h.name || r.reaches(n));
+            // Discovery should connect every pair that has an underlay path.
+            let direct = HOSTS
+                .iter()
+                .all(|&n| n == h.name || cut_pair(n, &h.name) || r.connected_to(n));
+            if !(all && direct) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", net.diagnostics()))?;
+    println!("   converged in {:.1?}", start.elapsed());
+
+    for h in net.hosts() {
+        step(&format!("weft status on {} (namespace {})", h.name, h.ns));
+        print!("{}", net.status_text(&h.name)?);
+    }
+
+    let r = net.report(CUT.0)?;
+    let via = r
+        .next_hop_nick(CUT.1)
+        .context("lost the route across the cut")?;
+    step(&format!(
+        "{} and {} cannot talk directly, so {} relays: {} -> {} -> {}",
+        CUT.0, CUT.1, via, CUT.0, via, CUT.1
+    ));
+
+    if hold {
+        step("holding the mesh; press Ctrl-C to tear it down");
+        let h = net.hosts().next().context("no hosts")?;
+        println!(
+            "   look around with e.g.: ip netns exec {} {} status",
+            h.ns,
+            net.weft_path().display()
+        );
+        while !INTERRUPTED.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    step("tearing down: stopping routers, deleting namespaces");
+    drop(net);
+    println!("   done");
+    Ok(())
+}
+
+fn cut_pair(x: &str, y: &str) -> bool {
+    (x, y) == CUT || (y, x) == CUT
+}
+
+fn step(what: &str) {
+    println!("\n== {what}");
+}
+
+/// Polls `pred` until it holds, the timeout passes or the user interrupts.
+fn wait(timeout: Duration, mut pred: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        check_interrupt()?;
+        match pred() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            match last_err {
+                Some(e) => bail!("mesh did not converge within {timeout:?}; last error: {e:#}"),
+                None => bail!("mesh did not converge within {timeout:?}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Turns SIGINT and SIGTERM into a flag, so the demo unwinds normally and
+/// `Net`'s `Drop` removes the namespaces instead of the process dying with
+/// them in place.
+fn watch_signals() {
+    std::thread::spawn(|| {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("weft-demo: cannot watch for Ctrl-C: {e}");
+                return;
+            }
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                eprintln!("weft-demo: cannot watch for Ctrl-C");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                eprintln!("\nweft-demo: interrupted; cleaning up");
+                INTERRUPTED.store(true, Ordering::Relaxed);
+            }
+        });
+    });
+}

@@ -1,0 +1,690 @@
+//! A harness for system tests: real `weft` processes in Linux network
+//! namespaces.
+//!
+//! [`Net::new`] builds one underlay segment: a "switch" namespace holding a
+//! bridge, and one namespace per host joined to it by a veth pair, each with
+//! an address in `10.201.<n>.0/24`. All traffic stays between namespaces
+//! this harness created; nothing is sent from the root namespace. Links are
+//! cut with nftables inside the hosts, routers are driven with the real
+//! `weft` CLI run inside their namespace, and [`Net`]'s `Drop` stops the
+//! routers, deletes the namespaces and the temporary directory — also when a
+//! test panics.
+//!
+//! Everything here needs root, `ip` (iproute2) and `nft` (nftables);
+//! [`Net::new`] fails with a message saying so rather than skipping.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use weft_router::core::status::{PeerStatus, RouterStatus};
+
+/// Every namespace this process creates starts with `wt<pid>x`, so a later
+/// run can tell leftovers of a dead run (see [`remove_stale`]).
+const NS_PREFIX: &str = "wt";
+
+/// How long one `ip`, `nft` or `weft` command may take before it is killed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often [`wait_until`] re-evaluates its predicate.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Distinguishes topologies made by one process, in names and subnets.
+static TOPOLOGY_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Counts command output files in a topology's temp dir.
+static COMMAND_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One host: a network namespace with one underlay interface, `eth0`.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The short name the test uses; also the router's nickname.
+    pub name: String,
+    /// The network namespace.
+    pub ns: String,
+    /// The address of `eth0`.
+    pub addr: Ipv4Addr,
+    /// The router's `--home`: pid file, log and state.
+    pub home: PathBuf,
+}
+
+/// A test topology; dropping it tears everything down.
+pub struct Net {
+    switch_ns: String,
+    hosts: BTreeMap<String, Host>,
+    /// Namespaces created so far, for teardown even if setup fails halfway.
+    namespaces: Vec<String>,
+    tmp: PathBuf,
+    weft: PathBuf,
+}
+
+impl Net {
+    /// Creates one namespace per name in `hosts`, all on one bridged
+    /// segment. Host names must be short (at most 8 characters of
+    /// `[a-z0-9]`) since they appear in interface names.
+    pub fn new(hosts: &[&str]) -> Result<Net> {
+        check_prerequisites()?;
+        let weft = weft_binary()?.to_path_buf();
+        remove_stale();
+
+        let n = TOPOLOGY_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{NS_PREFIX}{}x{n}", std::process::id());
+        let tmp = std::env::temp_dir().join(format!("weft-test-{}-{n}", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
+        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+
+        let mut net = Net {
+            switch_ns: format!("{prefix}-sw"),
+            hosts: BTreeMap::new(),
+            namespaces: Vec::new(),
+            tmp,
+            weft,
+        };
+        // The subnet only has to be unique for readable logs: each topology
+        // lives in its own namespaces.
+        let subnet = (n % 250) as u8;
+        net.setup(&prefix, subnet, hosts)?;
+        Ok(net)
+    }
+
+    fn setup(&mut self, prefix: &str, subnet: u8, hosts: &[&str]) -> Result<()> {
+        ensure!(hosts.len() <= 250, "at most 250 hosts fit in the /24");
+        let sw = self.switch_ns.clone();
+        self.add_namespace(&sw)?;
+        ip(&format!("-n {sw} link add br0 type bridge"))?;
+        ip(&format!("-n {sw} link set br0 up"))?;
+        for (i, &name) in hosts.iter().enumerate() {
+            ensure!(
+                !name.is_empty()
+                    && name.len() <= 8
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "host name {name:?} must be 1-8 characters of [a-z0-9]"
+            );
+            ensure!(!self.hosts.contains_key(name), "host {name} given twice");
+            let ns = format!("{prefix}-{name}");
+            self.add_namespace(&ns)?;
+            let addr = Ipv4Addr::new(10, 201, subnet, i as u8 + 1);
+            ip(&format!(
+                "-n {sw} link add p-{name} type veth peer name eth0 netns {ns}"
+            ))?;
+            ip(&format!("-n {sw} link set p-{name} master br0"))?;
+            ip(&format!("-n {sw} link set p-{name} up"))?;
+            ip(&format!("-n {ns} addr add {addr}/24 dev eth0"))?;
+            ip(&format!("-n {ns} link set eth0 up"))?;
+            let home = self.tmp.join(name);
+            fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+            self.hosts.insert(
+                name.to_string(),
+                Host {
+                    name: name.to_string(),
+                    ns,
+                    addr,
+                    home,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn add_namespace(&mut self, ns: &str) -> Result<()> {
+        ip(&format!("netns add {ns}"))?;
+        self.namespaces.push(ns.to_string());
+        ip(&format!("-n {ns} link set lo up"))
+    }
+
+    /// The host called `name`; panics if there is none (a bug in the test).
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .get(name)
+            .unwrap_or_else(|| panic!("no host {name} in this topology"))
+    }
+
+    /// All hosts, ordered by name.
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+
+    /// Every namespace of this topology, the switch's included.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// The temporary directory holding the routers' homes.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The path of the `weft` binary the routers run.
+    pub fn weft_path(&self) -> &Path {
+        &self.weft
+    }
+
+    /// Cuts the underlay path between hosts `x` and `y` in both directions:
+    /// each drops every IP packet to or from the other.
+    pub fn cut(&self, x: &str, y: &str) -> Result<()> {
+        let (hx, hy) = (self.host(x), self.host(y));
+        self.drop_peer(hx, hy.addr)?;
+        self.drop_peer(hy, hx.addr)
+    }
+
+    fn drop_peer(&self, host: &Host, other: Ipv4Addr) -> Result<()> {
+        let nft = |rule: &str| ip(&format!("netns exec {} nft {rule}", host.ns));
+        // `add` is idempotent for tables and chains, so cutting a host from
+        // several others just adds rules. nft joins its arguments, so the
+        // braces need no quoting.
+        nft("add table inet weft_test")?;
+        nft("add chain inet weft_test in { type filter hook input priority 0 ; }")?;
+        nft("add chain inet weft_test out { type filter hook output priority 0 ; }")?;
+        nft(&format!("add rule inet weft_test in ip saddr {other} drop"))?;
+        nft(&format!(
+            "add rule inet weft_test out ip daddr {other} drop"
+        ))
+    }
+
+    /// Heals every cut made on host `name` (a path needs healing on both
+    /// of its hosts).
+    pub fn heal(&self, name: &str) -> Result<()> {
+        let ns = &self.host(name).ns;
+        ip(&format!("netns exec {ns} nft delete table inet weft_test"))
+    }
+
+    /// Starts a router on host `name` with `weft launch`, nickname = the
+    /// host name, home in the topology's temp dir; `args` are added (flags
+    /// and peers). Returns once `weft launch` reports the router ready.
+    pub fn launch(&self, name: &str, args: &[&str]) -> Result<()> {
+        let h = self.host(name);
+        let home = h.home.to_string_lossy();
+        let level = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let mut full = vec![
+            "launch",
+            "--home",
+            &home,
+            "--nickname",
+            &h.name,
+            "--log-level",
+            &level,
+        ];
+        full.extend_from_slice(args);
+        let out = self.weft(name, &full)?;
+        ensure!(
+            out.status.success(),
+            "`weft launch` on host {name} failed ({}):\n{}{}\nlog:\n{}",
+            out.status,
+            out.stdout,
+            out.stderr,
+            self.log_tail(name, 40)
+        );
+        Ok(())
+    }
+
+    /// Runs the `weft` CLI with `args` inside host `name`'s namespace, with
+    /// `WEFT_HOME` set to the host's home.
+    pub fn weft(&self, name: &str, args: &[&str]) -> Result<Output> {
+        run(
+            self.weft_command(self.host(name), args),
+            &self.tmp,
+            COMMAND_TIMEOUT,
+        )
+    }
+
+    fn weft_command(&self, h: &Host, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns])
+            .arg(&self.weft)
+            .args(args)
+            .env("WEFT_HOME", &h.home);
+        cmd
+    }
+
+    /// `weft report` on host `name`, parsed.
+    pub fn report(&self, name: &str) -> Result<Report> {
+        let out = self.weft(name, &["report"])?;
+        ensure!(
+            out.status.success(),
+            "`weft report` on host {name} failed ({}): {}{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        let status: RouterStatus = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("parsing `weft report` of host {name}:\n{}", out.stdout))?;
+        Ok(Report(status))
+    }
+
+    /// `weft status` on host `name`: the human-readable text.
+    pub fn status_text(&self, name: &str) -> Result<String> {
+        let out = self.weft(name, &["status"])?;
+        ensure!(
+            out.status.success(),
+            "`weft status` on host {name} failed ({}): {}{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        Ok(out.stdout)
+    }
+
+    /// The router's pid from its pid file, if there is one.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        read_pid(&self.host(name).home)
+    }
+
+    /// Kills host `name`'s router with SIGKILL and waits until it is gone.
+    pub fn kill9(&self, name: &str) -> Result<()> {
+        let pid = self
+            .pid(name)
+            .ok_or_else(|| anyhow!("host {name} has no weft.pid; was its router launched?"))?;
+        kill9_and_wait(pid)
+    }
+
+    /// The last `lines` lines of host `name`'s router log.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let path = self.host(name).home.join("weft.log");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(e) => format!("({}: {e})", path.display()),
+        }
+    }
+
+    /// Every host's `weft status` and log tail, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        for h in self.hosts.values() {
+            let status = match self.status_text(&h.name) {
+                Ok(t) => t,
+                Err(e) => format!("(weft status failed: {e:#})"),
+            };
+            s.push_str(&format!(
+                "===== host {} ({}, {}) =====\n--- weft status ---\n{}\n--- log tail ---\n{}\n",
+                h.name,
+                h.ns,
+                h.addr,
+                status.trim_end(),
+                self.log_tail(&h.name, 30)
+            ));
+        }
+        s
+    }
+
+    /// Polls `pred` every 200 ms until it returns true or `timeout` passes;
+    /// on timeout the error names `what`, the last error `pred` returned and
+    /// every host's status and log.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl FnMut() -> Result<bool>,
+    ) -> Result<Duration> {
+        wait_until(what, timeout, pred).map_err(|e| anyhow!("{e:#}\n{}", self.diagnostics()))
+    }
+
+    fn teardown(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "weft netns harness: test failed; state before teardown:\n{}",
+                self.diagnostics()
+            );
+        }
+        for h in self.hosts.values() {
+            let Some(pid) = read_pid(&h.home) else {
+                continue;
+            };
+            if !alive(pid) {
+                continue;
+            }
+            let stop = self.weft_command(h, &["stop"]);
+            if let Err(e) = run(stop, &self.tmp, Duration::from_secs(5)) {
+                eprintln!("weft netns harness: `weft stop` on {}: {e:#}", h.name);
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if alive(pid) {
+                eprintln!(
+                    "weft netns harness: router on {} (pid {pid}) ignored `weft stop`; killing it",
+                    h.name
+                );
+                if let Err(e) = kill9_and_wait(pid) {
+                    eprintln!("weft netns harness: {e:#}");
+                }
+            }
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            remove_namespace(&ns);
+        }
+        if std::env::var_os("WEFT_TEST_KEEP").is_some() {
+            eprintln!(
+                "weft netns harness: keeping {} (WEFT_TEST_KEEP)",
+                self.tmp.display()
+            );
+        } else if let Err(e) = fs::remove_dir_all(&self.tmp) {
+            eprintln!("weft netns harness: removing {}: {e}", self.tmp.display());
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// A parsed `weft report`, with lookups by nickname (the harness sets each
+/// router's nickname to its host name).
+#[derive(Clone, Debug)]
+pub struct Report(pub RouterStatus);
+
+impl Report {
+    /// The peer whose nickname is `nick`, if this router knows it.
+    pub fn peer(&self, nick: &str) -> Option<&PeerStatus> {
+        self.0.peers.iter().find(|p| p.nickname == nick)
+    }
+
+    /// The nickname of the peer with name `name`.
+    pub fn nickname_of(&self, name: &str) -> Option<&str> {
+        self.0
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.nickname.as_str())
+    }
+
+    /// The nickname of the next hop towards `nick`, if it is reachable.
+    pub fn next_hop_nick(&self, nick: &str) -> Option<&str> {
+        let p = self.peer(nick).filter(|p| p.reachable)?;
+        self.nickname_of(p.next_hop.as_deref()?)
+    }
+
+    /// Whether `nick` is a reachable peer.
+    pub fn reaches(&self, nick: &str) -> bool {
+        self.peer(nick).is_some_and(|p| p.reachable)
+    }
+
+    /// Whether this router has an established connection to `nick`.
+    pub fn connected_to(&self, nick: &str) -> bool {
+        self.0
+            .connections
+            .iter()
+            .any(|c| c.nickname.as_deref() == Some(nick) && c.state == "established")
+    }
+
+    /// Whether this router has any connection, in any state, to `nick`.
+    pub fn any_connection_to(&self, nick: &str) -> bool {
+        self.0
+            .connections
+            .iter()
+            .any(|c| c.nickname.as_deref() == Some(nick))
+    }
+}
+
+/// What a command printed and how it ended.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` with stdout and stderr going to files in `dir`, killing it
+/// after `timeout`. Files rather than pipes because `weft launch` leaves a
+/// daemon behind that could inherit a pipe and keep it open forever.
+pub fn run(mut cmd: Command, dir: &Path, timeout: Duration) -> Result<Output> {
+    let n = COMMAND_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let out_path = dir.join(format!(".cmd{n}.out"));
+    let err_path = dir.join(format!(".cmd{n}.err"));
+    let desc = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&out_path).with_context(|| out_path.display().to_string())?)
+        .stderr(File::create(&err_path).with_context(|| err_path.display().to_string())?);
+    let mut child = cmd.spawn().with_context(|| format!("starting {desc}"))?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{desc} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Polls `pred` every 200 ms until it returns true or `timeout` passes.
+/// Errors from `pred` count as "not yet" (a router may still be starting)
+/// but the last one is reported on timeout. Returns how long it took.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut() -> Result<bool>,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match pred() {
+            Ok(true) => return Ok(start.elapsed()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() >= timeout {
+            return Err(match last_err {
+                Some(e) => {
+                    anyhow!("timed out after {timeout:?} waiting until {what}; last error: {e:#}")
+                }
+                None => anyhow!("timed out after {timeout:?} waiting until {what}"),
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Fails, saying what to do, unless we are root and `ip` and `nft` work.
+pub fn check_prerequisites() -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or_else(|| anyhow!("no Uid line in /proc/self/status"))?;
+    ensure!(
+        euid == "0",
+        "weft system tests create network namespaces and must run as root \
+         (effective uid is {euid}); run them with sudo or as root"
+    );
+    for (tool, arg, package) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ensure!(
+            ok,
+            "weft system tests need `{tool}`; install it with `apt-get install -y {package}`"
+        );
+    }
+    Ok(())
+}
+
+/// Builds the `weft` binary once per process and returns its path.
+///
+/// `WEFT_BIN` overrides it. Otherwise this runs `cargo build -p weft-router
+/// --bin weft` in the workspace (profile `test`, or `release` if this code
+/// was built without debug assertions) and takes the path from cargo's JSON
+/// messages, so it follows `CARGO_TARGET_DIR` and any cargo config.
+pub fn weft_binary() -> Result<&'static Path> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_weft().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map(|p| p.as_path())
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn build_weft() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("WEFT_BIN") {
+        let bin = PathBuf::from(bin);
+        ensure!(bin.is_file(), "WEFT_BIN={} is not a file", bin.display());
+        return Ok(bin);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("tests crate has no parent directory"))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace).args([
+        "build",
+        "--quiet",
+        "-p",
+        "weft-router",
+        "--bin",
+        "weft",
+        "--message-format=json",
+    ]);
+    // The profile this code was built with, so that under `cargo test` the
+    // weft-router library already compiled for the tests is reused.
+    let profile = if cfg!(debug_assertions) {
+        "test"
+    } else {
+        "release"
+    };
+    cmd.args(["--profile", profile]);
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running `cargo build -p weft-router --bin weft`")?;
+    ensure!(
+        out.status.success(),
+        "`cargo build -p weft-router --bin weft` failed ({})",
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "weft")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| anyhow!("`cargo build` did not report a `weft` executable"))
+}
+
+/// Runs `ip` with `cmdline` split on whitespace (every name this harness
+/// makes is free of it).
+fn ip(cmdline: &str) -> Result<()> {
+    let out = Command::new("ip")
+        .args(cmdline.split_whitespace())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running `ip {cmdline}`"))?;
+    ensure!(
+        out.status.success(),
+        "`ip {cmdline}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Kills every process left in `ns` (only ever processes this harness
+/// started: the namespace is ours), then deletes it.
+fn remove_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            eprintln!("weft netns harness: killing leftover pid {pid} in {ns}");
+            let _ = kill9_and_wait(pid);
+        }
+    }
+    if let Err(e) = ip(&format!("netns del {ns}")) {
+        eprintln!("weft netns harness: {e:#}");
+    }
+}
+
+/// Deletes namespaces left by earlier test processes that died without
+/// tearing down (SIGKILL, a crash): `wt<pid>x…` where `<pid>` is gone.
+fn remove_stale() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(ns) = line.split_whitespace().next() else {
+                continue;
+            };
+            let owner = ns
+                .strip_prefix(NS_PREFIX)
+                .and_then(|rest| rest.split_once('x'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            if let Some(pid) = owner
+                && pid != std::process::id()
+                && !alive(pid)
+            {
+                eprintln!("weft netns harness: removing stale namespace {ns}");
+                remove_namespace(ns);
+            }
+        }
+    });
+}
+
+fn read_pid(home: &Path) -> Option<u32> {
+    fs::read_to_string(home.join("weft.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn kill9_and_wait(pid: u32) -> Result<()> {
+    if alive(pid) {
+        let status = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        ensure!(status.success() || !alive(pid), "kill -9 {pid} failed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) {
+        ensure!(
+            Instant::now() < deadline,
+            "pid {pid} still alive 5 s after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
