@@ -22,6 +22,7 @@ use tracing::{error, info};
 
 use crate::core::RouterConfig;
 use crate::core::identity::{Identity, PeerName, PeerUid, validate_nickname};
+use crate::core::router::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
 use crate::core::status::RouterStatus;
 use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
@@ -170,16 +171,15 @@ impl LaunchArgs {
                 LOG_LEVELS.join(", ")
             );
         }
-        let defaults = RouterConfig::new(placeholder_identity(), DEFAULT_PORT, 0);
         let heartbeat_interval = parse_duration(
             "--heartbeat-interval",
             self.heartbeat_interval.as_deref(),
-            defaults.heartbeat_interval,
+            DEFAULT_HEARTBEAT_INTERVAL,
         )?;
         let heartbeat_timeout = parse_duration(
             "--heartbeat-timeout",
             self.heartbeat_timeout.as_deref(),
-            defaults.heartbeat_timeout,
+            DEFAULT_HEARTBEAT_TIMEOUT,
         )?;
         if heartbeat_timeout <= heartbeat_interval {
             bail!(
@@ -542,15 +542,6 @@ fn default_nickname() -> String {
         .and_then(|h| h.into_string().ok())
         .filter(|h| validate_nickname(h).is_ok())
         .unwrap_or_else(|| FALLBACK_NICKNAME.to_owned())
-}
-
-/// Only used to read [`RouterConfig`]'s defaults.
-fn placeholder_identity() -> Identity {
-    Identity {
-        name: PeerName::random(&mut rand::rng()),
-        nickname: FALLBACK_NICKNAME.into(),
-        uid: PeerUid(0),
-    }
 }
 
 /// `weft status`: the router's state for a person.

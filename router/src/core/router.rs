@@ -33,6 +33,11 @@ use crate::core::wire::topology::{
     ConnEntry, FLAG_ESTABLISHED, FLAG_OUTBOUND, PeerEntry, TopologyUpdate,
 };
 
+/// Default interval between heartbeats on an idle control connection.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Default silence after which a control connection is declared dead.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(4000);
+
 /// Inbound connections allowed to be mid-handshake at once.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
@@ -68,8 +73,8 @@ impl RouterConfig {
             listen_port,
             discovery: true,
             protocol_versions: PROTOCOL_MIN..=PROTOCOL_MAX,
-            heartbeat_interval: Duration::from_millis(1000),
-            heartbeat_timeout: Duration::from_millis(4000),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             handshake_timeout: Duration::from_secs(5),
             gossip_interval: Duration::from_secs(10),
             gc_grace: Duration::from_secs(15),
