@@ -291,6 +291,7 @@ mod tests {
             uid: PeerUid(42),
             conn_half: 0xf0,
             listen_port: 6783,
+            udp_port: 6783,
         }
     }
 

@@ -221,6 +221,9 @@ pub struct DataPath {
     peer_hears_us_at: Option<Instant>,
     next_heartbeat: Instant,
     pmtu: Pmtu,
+    /// Usability as last reported, so a change by mere passage of time
+    /// (heartbeats stopped) is noticed.
+    reported_usable: bool,
 }
 
 impl DataPath {
@@ -246,6 +249,7 @@ impl DataPath {
             peer_hears_us_at: None,
             next_heartbeat: now,
             pmtu,
+            reported_usable: false,
         }
     }
 
@@ -255,6 +259,12 @@ impl DataPath {
             t.is_some_and(|t| now.saturating_duration_since(t) < self.config.timeout)
         };
         fresh(self.last_rx) && fresh(self.peer_hears_us_at)
+    }
+
+    /// Usability as of the last event or timer: what routes currently
+    /// reflect.
+    pub fn reported_usable(&self) -> bool {
+        self.reported_usable
     }
 
     /// Largest UDP payload to send to this neighbour.
@@ -272,12 +282,19 @@ impl DataPath {
         if conn_id != self.conn_id {
             return false;
         }
-        let before = self.usable(now);
         self.last_rx = Some(now);
         if hears_you {
             self.peer_hears_us_at = Some(now);
         }
-        before != self.usable(now)
+        self.refresh(now)
+    }
+
+    /// Re-evaluates usability; true if it differs from what was last reported.
+    fn refresh(&mut self, now: Instant) -> bool {
+        let usable = self.usable(now);
+        let changed = usable != self.reported_usable;
+        self.reported_usable = usable;
+        changed
     }
 
     /// An ack for one of our probes. Returns true if the limit changed.
@@ -287,9 +304,10 @@ impl DataPath {
     }
 
     /// Runs timers; returns true if usability or the limit changed.
-    pub fn on_timeout(&mut self, now: Instant, was_usable: bool) -> bool {
+    pub fn on_timeout(&mut self, now: Instant) -> bool {
         let pmtu_changed = self.pmtu.on_timeout(now);
-        pmtu_changed || was_usable != self.usable(now)
+        let usable_changed = self.refresh(now);
+        pmtu_changed || usable_changed
     }
 
     /// Datagrams due now (heartbeat, probe), encoded.
@@ -314,13 +332,17 @@ impl DataPath {
     /// When [`DataPath::poll_transmit`] or [`DataPath::on_timeout`] next has work.
     pub fn next_deadline(&self) -> Instant {
         let mut t = self.next_heartbeat;
-        for d in [
-            self.pmtu.deadline(),
-            self.last_rx.map(|r| r + self.config.timeout),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        // While usable, wake when it would expire; once unusable, only a
+        // heartbeat can change that, so no expiry deadline (a past one
+        // would spin the caller's timer).
+        let expiry = self.reported_usable.then(|| {
+            let oldest = match (self.last_rx, self.peer_hears_us_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(self.next_heartbeat),
+            };
+            oldest + self.config.timeout
+        });
+        for d in [self.pmtu.deadline(), expiry].into_iter().flatten() {
             t = t.min(d);
         }
         t
@@ -359,8 +381,7 @@ mod tests {
         let mut dp = DataPath::new(t0, n(2), "192.0.2.2:6783".parse().unwrap(), 7, cfg);
         let mut now = t0;
         for _ in 0..400 {
-            let was = dp.usable(now);
-            dp.on_timeout(now, was);
+            dp.on_timeout(now);
             for d in dp.poll_transmit(now, n(1)) {
                 let h = Header::parse(&d).unwrap();
                 match h.kind {
@@ -434,8 +455,7 @@ mod tests {
         assert_eq!(dp.payload_limit(), 1472);
         // The path shrinks to 1000: keep heartbeats flowing, drop big probes.
         for _ in 0..2000 {
-            let was = dp.usable(now);
-            dp.on_timeout(now, was);
+            dp.on_timeout(now);
             for d in dp.poll_transmit(now, n(1)) {
                 let h = Header::parse(&d).unwrap();
                 if h.kind == Kind::Heartbeat {

@@ -20,18 +20,21 @@ use crate::core::conn_maker::{
     BackoffConfig, ConnHandle, ConnectionMaker, TargetOrigin, TargetState,
 };
 use crate::core::connection::{CloseReason, ConnEvent, ConnState, Connection, Direction};
+use crate::core::data_path::{DataPath, DataPathConfig, ack_for_probe};
 use crate::core::gossip::{self, GossipKind, GossipStats, Gossiper, TOPOLOGY_CHANNEL};
 use crate::core::identity::{Identity, PeerName};
+use crate::core::routes::Routes;
 use crate::core::status::{
-    ConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus, TargetStatus,
+    ConnectionStatus, DataPathStatus, PeerConnectionStatus, PeerStatus, RouterStatus, TargetStatus,
 };
 use crate::core::topology::Topology;
 use crate::core::wire::addr::{PeerAddr, WireAddr};
 use crate::core::wire::control::{ControlMessage, Features, MAX_REASON_LEN, validate_channel};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN, Preamble};
 use crate::core::wire::topology::{
-    ConnEntry, FLAG_ESTABLISHED, FLAG_OUTBOUND, PeerEntry, TopologyUpdate,
+    ConnEntry, FLAG_DATA, FLAG_ESTABLISHED, FLAG_OUTBOUND, PeerEntry, TopologyUpdate,
 };
+use crate::core::wire::udp::{self, HEADER_LEN as UDP_HEADER_LEN, Kind};
 
 /// Default interval between heartbeats on an idle control connection.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -48,6 +51,10 @@ pub struct RouterConfig {
     pub identity: Identity,
     /// The TCP port we accept connections on, advertised to peers.
     pub listen_port: u16,
+    /// The UDP port we receive data on, advertised to peers.
+    pub udp_port: u16,
+    /// UDP heartbeats and path MTU discovery per neighbour.
+    pub data_path: DataPathConfig,
     /// Dial peers we learn about through gossip.
     pub discovery: bool,
     pub protocol_versions: RangeInclusive<u8>,
@@ -71,6 +78,8 @@ impl RouterConfig {
         Self {
             identity,
             listen_port,
+            udp_port: listen_port,
+            data_path: DataPathConfig::default(),
             discovery: true,
             protocol_versions: PROTOCOL_MIN..=PROTOCOL_MAX,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
@@ -123,6 +132,29 @@ pub struct Router {
     actions: VecDeque<Action>,
     next_full_gossip: Instant,
     stats: GossipStats,
+    /// The UDP data path to each neighbour.
+    paths: HashMap<PeerName, DataPath>,
+    udp_out: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Bumped whenever [`Router::data_view`] would return something new.
+    data_version: u64,
+}
+
+/// What the data plane needs from the control plane: routes over
+/// data-carrying connections and where each neighbour receives UDP.
+#[derive(Clone, Debug)]
+pub struct DataView {
+    pub version: u64,
+    pub local: PeerName,
+    pub routes: Routes,
+    pub neighbours: HashMap<PeerName, NeighbourPath>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeighbourPath {
+    pub addr: SocketAddr,
+    /// Largest UDP payload the path carries.
+    pub payload_limit: usize,
+    pub usable: bool,
 }
 
 impl Router {
@@ -142,6 +174,9 @@ impl Router {
             actions: VecDeque::new(),
             next_full_gossip: first_gossip,
             stats: GossipStats::default(),
+            paths: HashMap::new(),
+            udp_out: VecDeque::new(),
+            data_version: 1,
         }
     }
 
@@ -279,6 +314,7 @@ impl Router {
                         uid: self.config.identity.uid,
                         conn_half: self.conns[&conn].local_half,
                         listen_port: self.config.listen_port,
+                        udp_port: self.config.udp_port,
                     });
                     self.send(now, conn, &features);
                 }
@@ -340,6 +376,7 @@ impl Router {
                 self.send_full_state(now, peer);
             }
         }
+        self.run_data_paths(now);
         let removed = self.topology.gc(now);
         if !removed.is_empty() {
             for e in &removed {
@@ -382,7 +419,121 @@ impl Router {
         }
         consider(self.topology.next_gc());
         consider(self.maker.next_wakeup());
+        for p in self.paths.values() {
+            consider(Some(p.next_deadline()));
+        }
         next
+    }
+
+    // ----- the UDP data path -----
+
+    /// A control datagram (heartbeat, PMTU probe or ack) arrived on the UDP
+    /// port from `from`. Frames datagrams belong to the data plane and are
+    /// ignored here. Anything malformed, or from an address that is not the
+    /// claimed neighbour's, is dropped.
+    pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let Ok(header) = udp::Header::parse(datagram) else {
+            return;
+        };
+        if header.dst != Some(self.config.identity.name) {
+            return;
+        }
+        let body = &datagram[UDP_HEADER_LEN..];
+        let Some(path) = self.paths.get_mut(&header.src) else {
+            return;
+        };
+        if path.addr.ip() != from.ip() {
+            debug!(peer = %header.src, %from, expected = %path.addr, "UDP datagram from an unexpected address");
+            return;
+        }
+        let was_usable = path.reported_usable();
+        let changed = match header.kind {
+            Kind::Heartbeat => match udp::parse_heartbeat(body) {
+                Ok((conn_id, hears_you)) => path.on_heartbeat(now, conn_id, hears_you),
+                Err(_) => false,
+            },
+            Kind::PmtuProbe => {
+                if let Ok(id) = udp::parse_pmtu_probe(body) {
+                    let ack =
+                        ack_for_probe(self.config.identity.name, header.src, id, datagram.len());
+                    self.udp_out.push_back((path.addr, ack));
+                }
+                false
+            }
+            Kind::PmtuAck => match udp::parse_pmtu_ack(body) {
+                Ok((id, size)) => {
+                    let changed = path.on_probe_ack(now, id, size);
+                    if changed {
+                        info!(peer = %header.src, pmtu = path.payload_limit(), "path MTU verified");
+                    }
+                    changed
+                }
+                Err(_) => false,
+            },
+            Kind::Frames => false,
+        };
+        if changed {
+            let usable = path.reported_usable();
+            if usable != was_usable {
+                info!(peer = %header.src, usable, "UDP data path {}", if usable { "up" } else { "down" });
+            }
+            self.data_version += 1;
+            self.update_local_entry(now);
+        }
+    }
+
+    /// The next UDP datagram to send, with its destination.
+    pub fn poll_transmit_udp(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.udp_out.pop_front()
+    }
+
+    /// Changes whenever [`Router::data_view`] changes; poll it after every
+    /// call into the router and republish the view when it moved.
+    pub fn data_version(&self) -> u64 {
+        self.data_version
+    }
+
+    /// Routes and neighbour paths for the data plane.
+    pub fn data_view(&self) -> DataView {
+        DataView {
+            version: self.data_version,
+            local: self.config.identity.name,
+            routes: self.topology.data_routes().clone(),
+            neighbours: self
+                .paths
+                .iter()
+                .map(|(&p, path)| {
+                    let np = NeighbourPath {
+                        addr: path.addr,
+                        payload_limit: path.payload_limit(),
+                        usable: path.reported_usable(),
+                    };
+                    (p, np)
+                })
+                .collect(),
+        }
+    }
+
+    fn run_data_paths(&mut self, now: Instant) {
+        let local = self.config.identity.name;
+        let mut changed = false;
+        for (peer, path) in self.paths.iter_mut() {
+            let was_usable = path.reported_usable();
+            if path.on_timeout(now) {
+                changed = true;
+                let usable = path.reported_usable();
+                if usable != was_usable {
+                    info!(peer = %peer, usable, "UDP data path {}", if usable { "up" } else { "down" });
+                }
+            }
+            for d in path.poll_transmit(now, local) {
+                self.udp_out.push_back((path.addr, d));
+            }
+        }
+        if changed {
+            self.data_version += 1;
+            self.update_local_entry(now);
+        }
     }
 
     // ----- gossip API for channels -----
@@ -497,6 +648,15 @@ impl Router {
                         ConnState::AwaitPreamble => None,
                     },
                     age_secs: now.saturating_duration_since(c.opened_at).as_secs(),
+                    data_path: remote
+                        .filter(|f| self.by_peer.get(&f.name) == Some(&c.handle))
+                        .and_then(|f| self.paths.get(&f.name))
+                        .map(|p| DataPathStatus {
+                            udp_address: p.addr.to_string(),
+                            usable: p.usable(now),
+                            pmtu: p.payload_limit(),
+                            pmtu_verified: p.pmtu_verified(),
+                        }),
                 }
             })
             .collect();
@@ -658,6 +818,19 @@ impl Router {
             self.maker.connected(now, &target, conn);
         }
         self.by_peer.insert(f.name, conn);
+        let udp_addr = SocketAddr::new(c.remote_addr.ip(), f.udp_port);
+        let conn_id = c.id().map_or(0, |i| i.0);
+        self.paths.insert(
+            f.name,
+            DataPath::new(
+                now,
+                f.name,
+                udp_addr,
+                conn_id,
+                self.config.data_path.clone(),
+            ),
+        );
+        self.data_version += 1;
         self.update_local_entry(now);
         self.send_full_state(now, f.name);
     }
@@ -785,7 +958,10 @@ impl Router {
             .iter()
             .filter_map(|(&peer, h)| {
                 let c = self.conns.get(h)?;
-                let flags = FLAG_ESTABLISHED | if c.is_outbound() { FLAG_OUTBOUND } else { 0 };
+                let data = self.paths.get(&peer).is_some_and(|p| p.reported_usable());
+                let flags = FLAG_ESTABLISHED
+                    | if c.is_outbound() { FLAG_OUTBOUND } else { 0 }
+                    | if data { FLAG_DATA } else { 0 };
                 Some(ConnEntry {
                     peer,
                     addr: c.remote_listen_addr().map(WireAddr::from),
@@ -801,6 +977,7 @@ impl Router {
 
     /// Reacts to any change of the topology: discovery targets, redials.
     fn topology_changed(&mut self, now: Instant) {
+        self.data_version += 1;
         if self.config.discovery {
             let me = self.config.identity.name;
             let routes = self.topology.routes();
@@ -977,6 +1154,8 @@ impl Router {
         }
         if was_neighbour && let Some(p) = peer {
             self.by_peer.remove(&p);
+            self.paths.remove(&p);
+            self.data_version += 1;
             self.update_local_entry(now);
         }
     }

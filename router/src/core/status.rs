@@ -36,6 +36,20 @@ pub struct ConnectionStatus {
     pub protocol_version: Option<u8>,
     /// Seconds since the connection opened.
     pub age_secs: u64,
+    /// The UDP data path, for the established connection to a neighbour.
+    pub data_path: Option<DataPathStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPathStatus {
+    /// Where the neighbour receives UDP.
+    pub udp_address: String,
+    /// UDP heartbeats flow both ways, so frames use this connection.
+    pub usable: bool,
+    /// Largest UDP payload sent on this path.
+    pub pmtu: usize,
+    /// Whether `pmtu` was confirmed by a probe (else it is the safe minimum).
+    pub pmtu_verified: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

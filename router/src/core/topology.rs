@@ -34,6 +34,8 @@ pub struct Topology {
     peers: HashMap<PeerName, PeerEntry>,
     unreachable_since: HashMap<PeerName, Instant>,
     routes: Routes,
+    /// Routes over connections that carry data (UDP both ways).
+    data_routes: Routes,
     gc_grace: Duration,
 }
 
@@ -51,6 +53,7 @@ impl Topology {
             peers: HashMap::from([(identity.name, local)]),
             unreachable_since: HashMap::new(),
             routes: Routes::default(),
+            data_routes: Routes::default(),
             gc_grace,
         };
         t.recompute(None);
@@ -80,6 +83,12 @@ impl Topology {
 
     pub fn routes_mut(&mut self) -> &mut Routes {
         &mut self.routes
+    }
+
+    /// Routes for frames: only over connections both ends flag as carrying
+    /// data, so traffic avoids a link whose UDP is blocked.
+    pub fn data_routes(&self) -> &Routes {
+        &self.data_routes
     }
 
     /// Number of reachable peers, us included.
@@ -208,6 +217,22 @@ impl Topology {
             .collect();
         let graph = Graph::from_claims(claims.iter().map(|(p, c)| (*p, c.as_slice())));
         self.routes = Routes::compute(self.local, graph);
+        let data_claims: Vec<(PeerName, Vec<PeerName>)> = self
+            .peers
+            .values()
+            .map(|e| {
+                (
+                    e.name,
+                    e.connections
+                        .iter()
+                        .filter(|c| c.data())
+                        .map(|c| c.peer)
+                        .collect(),
+                )
+            })
+            .collect();
+        let data_graph = Graph::from_claims(data_claims.iter().map(|(p, c)| (*p, c.as_slice())));
+        self.data_routes = Routes::compute(self.local, data_graph);
         let reachable: HashSet<PeerName> = self
             .peers
             .keys()

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod home;
 pub mod http_api;
 pub mod sockets;
+pub mod udp_io;
 
 use std::io;
 

@@ -15,6 +15,10 @@ struct Net {
     links: HashMap<(usize, ConnHandle), (usize, ConnHandle)>,
     /// Pairs whose traffic is silently dropped.
     blackholed: Vec<(usize, usize)>,
+    /// Pairs whose UDP (only) is dropped.
+    udp_blocked: Vec<(usize, usize)>,
+    /// Largest UDP payload carried between a pair, when limited.
+    udp_limit: HashMap<(usize, usize), usize>,
     closed: Vec<(usize, String)>,
 }
 
@@ -45,6 +49,8 @@ impl Net {
             addrs,
             links: HashMap::new(),
             blackholed: Vec::new(),
+            udp_blocked: Vec::new(),
+            udp_limit: HashMap::new(),
             closed: Vec::new(),
         }
     }
@@ -68,11 +74,30 @@ impl Net {
                     progressed = true;
                     self.apply(i, action);
                 }
+                while let Some((to, bytes)) = self.routers[i].poll_transmit_udp() {
+                    progressed = true;
+                    self.deliver_udp(i, to, &bytes);
+                }
             }
             if !progressed {
                 return;
             }
         }
+    }
+
+    fn deliver_udp(&mut self, i: usize, to: SocketAddr, bytes: &[u8]) {
+        let Some(j) = self.addrs.iter().position(|a| *a == to) else {
+            return;
+        };
+        let pair = (i.min(j), i.max(j));
+        if self.blackholed.contains(&pair) || self.udp_blocked.contains(&pair) {
+            return;
+        }
+        if self.udp_limit.get(&pair).is_some_and(|&l| bytes.len() > l) {
+            return;
+        }
+        let from = self.addrs[i];
+        self.routers[j].handle_udp(self.now, from, bytes);
     }
 
     fn apply(&mut self, i: usize, action: Action) {
@@ -399,5 +424,114 @@ fn a_connect_flood_is_refused_beyond_the_pending_limit_and_peers_keep_working() 
         net.established(1).len(),
         1,
         "the real peer stayed connected throughout"
+    );
+}
+
+fn connect_all(net: &mut Net, edges: &[(usize, usize)]) {
+    let now = net.now;
+    for &(a, b) in edges {
+        let t = net.target(b);
+        net.routers[a].add_targets(now, [t]);
+    }
+    net.pump();
+}
+
+#[test]
+fn udp_heartbeats_make_a_connection_carry_data_with_a_verified_pmtu() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    connect_all(&mut net, &[(0, 1)]);
+    let b = net.routers[1].identity().name;
+    assert_eq!(
+        net.routers[0].topology().data_routes().next_hop(b),
+        None,
+        "no data before UDP is proven"
+    );
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.routers[0].topology().data_routes().next_hop(b), Some(b));
+    let status = net.routers[0].status(net.now);
+    let dp = status.connections[0]
+        .data_path
+        .clone()
+        .expect("data path status");
+    assert!(dp.usable && dp.pmtu_verified);
+    assert_eq!(dp.pmtu, 1472);
+    assert_eq!(dp.udp_address, "192.0.2.2:6783");
+    let view = net.routers[0].data_view();
+    assert_eq!(view.neighbours[&b].payload_limit, 1472);
+    assert!(view.routes.next_hop(b).is_some());
+}
+
+#[test]
+fn data_routes_avoid_a_link_whose_udp_is_blocked() {
+    // triangle 0-1, 0-2, 2-1 with UDP blocked between 0 and 1
+    let mut net = Net::new((1..=3).map(|i| config(identity(i, i * 11))).collect());
+    net.udp_blocked.push((0, 1));
+    connect_all(&mut net, &[(0, 1), (0, 2), (2, 1)]);
+    net.advance(Duration::from_secs(3));
+    let (b, c) = (
+        net.routers[1].identity().name,
+        net.routers[2].identity().name,
+    );
+    assert_eq!(
+        net.routers[0].topology().routes().next_hop(b),
+        Some(b),
+        "control goes direct"
+    );
+    assert_eq!(
+        net.routers[0].topology().data_routes().next_hop(b),
+        Some(c),
+        "data goes around"
+    );
+    let status = net.routers[0].status(net.now);
+    let direct = status
+        .connections
+        .iter()
+        .find(|c| c.peer.as_deref() == Some(&b.to_string()))
+        .unwrap();
+    assert!(!direct.data_path.as_ref().unwrap().usable);
+    // UDP comes back: data goes direct again
+    net.udp_blocked.clear();
+    net.advance(Duration::from_secs(3));
+    assert_eq!(net.routers[0].topology().data_routes().next_hop(b), Some(b));
+    // and dies again while TCP lives: routes move away within the UDP timeout
+    net.udp_blocked.push((0, 1));
+    net.advance(Duration::from_secs(4));
+    assert_eq!(net.routers[0].topology().data_routes().next_hop(b), Some(c));
+    assert_eq!(net.established(0).len(), 2, "TCP stayed up throughout");
+}
+
+#[test]
+fn a_narrow_path_gets_a_smaller_verified_pmtu() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    net.udp_limit.insert((0, 1), 1200);
+    connect_all(&mut net, &[(0, 1)]);
+    net.advance(Duration::from_secs(10));
+    let dp = net.routers[0].status(net.now).connections[0]
+        .data_path
+        .clone()
+        .unwrap();
+    assert!(dp.usable && dp.pmtu_verified, "{dp:?}");
+    assert!(dp.pmtu <= 1200 && dp.pmtu > 1190, "{dp:?}");
+}
+
+#[test]
+fn udp_from_the_wrong_address_or_for_someone_else_is_ignored() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    connect_all(&mut net, &[(0, 1)]);
+    let (a, b) = (
+        net.routers[0].identity().name,
+        net.routers[1].identity().name,
+    );
+    let conn_id = net.routers[1].connections().next().unwrap().id().unwrap().0;
+    let forged = crate::core::wire::udp::heartbeat(a, b, conn_id, true);
+    let now = net.now;
+    net.routers[1].handle_udp(now, "198.51.100.7:6783".parse().unwrap(), &forged);
+    net.routers[1].handle_udp(now, "192.0.2.1:6783".parse().unwrap(), &forged[..10]);
+    assert!(
+        !net.routers[1].status(now).connections[0]
+            .data_path
+            .clone()
+            .unwrap()
+            .usable
     );
 }

@@ -22,6 +22,9 @@ pub struct Features {
     /// The TCP port this router accepts connections on; combined with the
     /// connection's remote IP it tells others how to reach the sender.
     pub listen_port: u16,
+    /// The UDP port this router receives data on (the same number as the
+    /// TCP port unless configured otherwise).
+    pub udp_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,8 +75,8 @@ impl ControlMessage {
         match self {
             ControlMessage::Features(f) => {
                 validate_nickname(&f.nickname).map_err(|e| malformed(e.to_string()))?;
-                if f.listen_port == 0 {
-                    return Err(malformed("features carry listen port 0".into()));
+                if f.listen_port == 0 || f.udp_port == 0 {
+                    return Err(malformed("features carry port 0".into()));
                 }
             }
             ControlMessage::Gossip { channel, .. }
@@ -120,6 +123,7 @@ mod tests {
             uid: PeerUid(1),
             conn_half: 0x80,
             listen_port: 6783,
+            udp_port: 6783,
         });
         let bytes = msg.encode();
         assert_eq!(
@@ -131,6 +135,7 @@ mod tests {
                 0x01, // uid
                 0x80, 0x01, // conn_half 128
                 0xff, 0x34, // listen port 6783
+                0xff, 0x34, // UDP port 6783
             ]
         );
         assert_eq!(ControlMessage::decode(&bytes), Ok(msg));

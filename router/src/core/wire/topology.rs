@@ -19,9 +19,12 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 4096;
 pub const FLAG_OUTBOUND: u8 = 0x01;
 /// `ConnEntry::flags` bit: the handshake completed and heartbeats flow.
 pub const FLAG_ESTABLISHED: u8 = 0x02;
+/// `ConnEntry::flags` bit: UDP heartbeats flow both ways, so the connection
+/// can carry data. Data routes use only connections both ends flag so.
+pub const FLAG_DATA: u8 = 0x04;
 /// Bits this version understands; others are reserved: sent as zero,
 /// ignored on receipt so later versions can add meaning.
-pub const KNOWN_FLAGS: u8 = FLAG_OUTBOUND | FLAG_ESTABLISHED;
+pub const KNOWN_FLAGS: u8 = FLAG_OUTBOUND | FLAG_ESTABLISHED | FLAG_DATA;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopologyUpdate {
@@ -55,6 +58,11 @@ impl ConnEntry {
 
     pub fn established(&self) -> bool {
         self.flags & FLAG_ESTABLISHED != 0
+    }
+
+    /// Established and usable for data (UDP works both ways).
+    pub fn data(&self) -> bool {
+        self.established() && self.flags & FLAG_DATA != 0
     }
 }
 
