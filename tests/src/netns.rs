@@ -532,10 +532,14 @@ pub fn check_prerequisites() -> Result<()> {
 
 /// Builds the `weft` binary once per process and returns its path.
 ///
-/// `WEFT_BIN` overrides it. Otherwise this runs `cargo build -p weft-router
-/// --bin weft` in the workspace (profile `test`, or `release` if this code
-/// was built without debug assertions) and takes the path from cargo's JSON
-/// messages, so it follows `CARGO_TARGET_DIR` and any cargo config.
+/// `WEFT_BIN` overrides it. Otherwise this runs cargo in the workspace and
+/// takes the path from its JSON messages, so it follows `CARGO_TARGET_DIR`
+/// and any cargo config. Under `cargo test` (debug assertions on) it builds
+/// every target with the `test` profile: that resolves features exactly as
+/// `cargo test --workspace` does, so after such a run there is nothing left
+/// to compile, whereas `-p weft-router --bin weft` would rebuild the router
+/// with other features. Otherwise (the demo, `--release`) it builds the
+/// release binary alone.
 pub fn weft_binary() -> Result<&'static Path> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| build_weft().map_err(|e| format!("{e:#}")))
@@ -554,39 +558,32 @@ fn build_weft() -> Result<PathBuf> {
         .parent()
         .ok_or_else(|| anyhow!("tests crate has no parent directory"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace).args([
-        "build",
-        "--quiet",
-        "-p",
-        "weft-router",
-        "--bin",
-        "weft",
-        "--message-format=json",
-    ]);
-    // The profile this code was built with, so that under `cargo test` the
-    // weft-router library already compiled for the tests is reused.
-    let profile = if cfg!(debug_assertions) {
-        "test"
+    let args: &[&str] = if cfg!(debug_assertions) {
+        &["--profile", "test", "--workspace", "--all-targets"]
     } else {
-        "release"
+        &["--release", "-p", "weft-router", "--bin", "weft"]
     };
-    cmd.args(["--profile", profile]);
-    let out = cmd
+    let desc = format!("`cargo build {}`", args.join(" "));
+    let out = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "--quiet", "--message-format=json"])
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
-        .context("running `cargo build -p weft-router --bin weft`")?;
-    ensure!(
-        out.status.success(),
-        "`cargo build -p weft-router --bin weft` failed ({})",
-        out.status
-    );
+        .with_context(|| format!("running {desc}"))?;
+    ensure!(out.status.success(), "{desc} failed ({})", out.status);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "weft")
+        .filter(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == "weft"
+                && m["target"]["kind"][0] == "bin"
+                // Not the unit-test harness built from main.rs.
+                && m["profile"]["test"] == false
+        })
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| anyhow!("`cargo build` did not report a `weft` executable"))
+        .ok_or_else(|| anyhow!("{desc} did not report a `weft` executable"))
 }
 
 /// Runs `ip` with `cmdline` split on whitespace (every name this harness
