@@ -535,11 +535,11 @@ pub fn check_prerequisites() -> Result<()> {
 /// `WEFT_BIN` overrides it. Otherwise this runs cargo in the workspace and
 /// takes the path from its JSON messages, so it follows `CARGO_TARGET_DIR`
 /// and any cargo config. Under `cargo test` (debug assertions on) it builds
-/// every target with the `test` profile: that resolves features exactly as
-/// `cargo test --workspace` does, so after such a run there is nothing left
-/// to compile, whereas `-p weft-router --bin weft` would rebuild the router
-/// with other features. Otherwise (the demo, `--release`) it builds the
-/// release binary alone.
+/// the targets `cargo test --workspace` builds, with the `test` profile.
+/// That resolves features exactly as `cargo test --workspace` does, so
+/// after such a run there is nothing left to compile. (`-p weft-router
+/// --bin weft` would rebuild the router with other features.) Otherwise
+/// (the demo, `--release`) it builds the release binary alone.
 pub fn weft_binary() -> Result<&'static Path> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| build_weft().map_err(|e| format!("{e:#}")))
@@ -559,7 +559,15 @@ fn build_weft() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("tests crate has no parent directory"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let args: &[&str] = if cfg!(debug_assertions) {
-        &["--profile", "test", "--workspace", "--all-targets"]
+        &[
+            "--profile",
+            "test",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--examples",
+        ]
     } else {
         &["--release", "-p", "weft-router", "--bin", "weft"]
     };
