@@ -257,6 +257,17 @@ impl Forwarder {
 /// header plus the per-frame length prefix.
 pub const ENCAP_OVERHEAD: usize = HEADER_LEN + FRAME_PREFIX;
 
+/// Bytes reserved per datagram for the encryption layer (AEAD tag, nonce
+/// counter and key id), so turning encryption on never lowers the MTU of
+/// running containers.
+pub const CRYPTO_RESERVE: usize = 32;
+
+/// Default MTU of the bridge, the TAP and attached interfaces: what fits a
+/// 1500-byte underlay after the outer IPv4 and UDP headers, the weft
+/// encapsulation, the inner Ethernet header and the encryption reserve.
+pub const DEFAULT_OVERLAY_MTU: usize =
+    1500 - crate::core::data_path::IPV4_UDP_OVERHEAD - ENCAP_OVERHEAD - ETH_LEN - CRYPTO_RESERVE;
+
 /// Where an encapsulated datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Destination {
@@ -444,6 +455,11 @@ mod tests {
         fn to_tap(&mut self, frame: &[u8]) {
             self.tap.push(frame.to_vec());
         }
+    }
+
+    #[test]
+    fn the_default_overlay_mtu_leaves_room_for_everything() {
+        assert_eq!(DEFAULT_OVERLAY_MTU, 1408);
     }
 
     #[test]
