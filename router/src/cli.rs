@@ -330,6 +330,7 @@ fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
     let mut home = Home::open(&plan.home)?;
     let name = home.peer_name(plan.name)?;
     let mesh = sockets::bind(plan.mesh_addr(), Service::Mesh)?;
+    let udp = sockets::bind_udp(plan.port)?;
     let http = sockets::bind(plan.http_addr, Service::Api)?;
     home.write_pid()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -348,6 +349,7 @@ fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
             router: plan.router_config(name),
             targets: plan.peers.clone(),
             home: Some(home),
+            udp: Some(udp),
         };
         daemon::run(config, mesh, http, shutdown).await?;
         Ok(())
@@ -389,6 +391,7 @@ fn launch_background(plan: &LaunchPlan) -> Result<()> {
         home.peer_name(plan.name)?
     };
     drop(sockets::bind(plan.mesh_addr(), Service::Mesh)?);
+    drop(sockets::bind_udp(plan.port)?);
     drop(sockets::bind(plan.http_addr, Service::Api)?);
 
     let log_path = home::log_path(&plan.home);

@@ -36,13 +36,16 @@ async fn start_router(seed: u64) -> TestRouter {
         nickname: format!("test-{seed}"),
         uid: PeerUid(seed),
     };
+    let udp = weft_router::shell::udp_io::bind(0).unwrap();
     let mut router = RouterConfig::new(identity, mesh_addr.port(), seed);
+    router.udp_port = udp.local_addr().unwrap().port();
     router.heartbeat_interval = Duration::from_millis(100);
     router.heartbeat_timeout = Duration::from_millis(600);
     let config = DaemonConfig {
         router,
         targets: Vec::new(),
         home: None,
+        udp: Some(udp),
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));
@@ -367,4 +370,30 @@ fn cli_launches_in_the_background_reports_and_stops() {
     assert!(!home.join("weft.pid").exists(), "pid file removed on stop");
     let log = std::fs::read_to_string(home.join("weft.log")).unwrap();
     assert!(log.contains("weft router stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_heartbeats_bring_the_data_path_up_with_a_verified_pmtu() {
+    let a = start_router(31).await;
+    let b = start_router(32).await;
+    a.client.post_connect(&[b.mesh.to_string()]).await.unwrap();
+    let usable = |s: &RouterStatus| {
+        s.connections.iter().any(|c| {
+            c.data_path
+                .as_ref()
+                .is_some_and(|d| d.usable && d.pmtu_verified)
+        })
+    };
+    let status = wait_for(&a, 10, "a usable, verified UDP path on a", usable).await;
+    let dp = status.connections[0].data_path.clone().unwrap();
+    assert_eq!(dp.pmtu, 1472, "loopback carries a full-size probe");
+    wait_for(&b, 10, "a usable UDP path on b", usable).await;
+    let counters = status
+        .data_plane
+        .expect("data-plane counters in the status");
+    assert_eq!(counters.unknown_sender, 0);
+    for r in [a, b] {
+        r.shutdown.cancel();
+        r.task.await.unwrap().unwrap();
+    }
 }

@@ -722,6 +722,7 @@ impl Router {
             connections,
             targets,
             peers,
+            data_plane: None,
         }
     }
 

@@ -19,6 +19,28 @@ pub struct RouterStatus {
     pub connections: Vec<ConnectionStatus>,
     pub targets: Vec<TargetStatus>,
     pub peers: Vec<PeerStatus>,
+    /// Frame counters, when the data plane runs.
+    pub data_plane: Option<DataPlaneStatus>,
+}
+
+/// Data-plane counters since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPlaneStatus {
+    /// MAC addresses currently known (local and behind peers).
+    pub macs: usize,
+    pub frames_from_tap: u64,
+    pub frames_to_tap: u64,
+    pub frames_sent: u64,
+    pub datagrams_relayed: u64,
+    pub icmp_frag_needed: u64,
+    pub fragmented: u64,
+    /// Frames or datagrams dropped, by reason.
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    pub tap_write_errors: u64,
+    pub udp_too_big: u64,
+    pub udp_send_failed: u64,
+    /// Frames datagrams from an address that is no neighbour's.
+    pub unknown_sender: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

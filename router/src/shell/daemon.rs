@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::wire::addr::PeerAddr;
 use crate::core::{Action, ConnHandle, Router, RouterConfig};
+use crate::shell::dataplane::DataPlane;
 use crate::shell::describe_io_error;
 use crate::shell::home::{self, Home};
 use crate::shell::http_api::{self, ApiHandle, ApiRequest};
@@ -62,6 +63,9 @@ pub struct DaemonConfig {
     /// and it is released (pid file removed) before the HTTP API stops
     /// answering, so `weft stop` returning means the home is free again.
     pub home: Option<Home>,
+    /// The bound data-plane UDP socket (same port number as the mesh
+    /// listener); `None` runs the control plane alone.
+    pub udp: Option<std::net::UdpSocket>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,8 @@ pub enum DaemonError {
         what: &'static str,
         error: std::io::Error,
     },
+    #[error("cannot start the data plane: {}", describe_io_error(.0))]
+    DataPlane(std::io::Error),
 }
 
 /// Everything reported to the router task.
@@ -92,6 +98,8 @@ pub(crate) enum Event {
     Bytes(ConnHandle, Vec<u8>),
     Closed(ConnHandle, String),
     Api(ApiRequest),
+    /// A control datagram (heartbeat, PMTU probe or ack) from the UDP port.
+    Udp(SocketAddr, Vec<u8>),
 }
 
 /// Runs a router until `shutdown` is cancelled or `POST /stop` arrives,
@@ -128,6 +136,21 @@ pub async fn run(
 
     let now = tokio::time::Instant::now().into_std();
     let router = Router::new(config.router, now);
+    let data_plane = match config.udp {
+        Some(udp) => {
+            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let tap = None;
+            let dp = DataPlane::start(router.identity().name, udp, tap, control_tx)
+                .map_err(DaemonError::DataPlane)?;
+            tokio::spawn(forward_udp_control(
+                control_rx,
+                events_tx.clone(),
+                stop.clone(),
+            ));
+            Some(dp)
+        }
+        None => None,
+    };
     let id = router.identity();
     info!(
         peer = %id.name, nickname = %id.nickname, mesh = %mesh_addr, api = %http_addr,
@@ -135,17 +158,41 @@ pub async fn run(
     );
     let targets_file = config.home.as_ref().map(Home::targets_path);
     let mut task = RouterTask::new(router, events_tx, stop.clone(), targets_file);
+    task.data_plane = data_plane;
     task.router.add_targets(now, config.targets);
     task.persist_targets();
     task.drain_actions(now);
     task.run(events_rx).await;
 
     let _ = accept.await;
+    if let Some(dp) = task.data_plane.take() {
+        let _ = tokio::task::spawn_blocking(move || dp.stop()).await;
+    }
     drop(config.home);
     api_stop.cancel();
     let _ = http.await;
     info!("weft router stopped");
     Ok(())
+}
+
+/// Hands control datagrams from the data plane's UDP thread to the router
+/// task. They are few (a heartbeat per neighbour per half second), so an
+/// unbounded hop is fine; the bounded event queue applies back-pressure.
+async fn forward_udp_control(
+    mut rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>,
+    events: mpsc::Sender<Event>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = rx.recv() => next,
+        };
+        let Some((from, datagram)) = next else { return };
+        if events.send(Event::Udp(from, datagram)).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, stop: CancellationToken) {
@@ -193,6 +240,9 @@ struct RouterTask {
     abort_all: CancellationToken,
     stop: CancellationToken,
     targets_file: Option<PathBuf>,
+    data_plane: Option<DataPlane>,
+    /// The data view version last handed to the data plane.
+    data_version: u64,
 }
 
 impl RouterTask {
@@ -210,6 +260,8 @@ impl RouterTask {
             abort_all: CancellationToken::new(),
             stop,
             targets_file,
+            data_plane: None,
+            data_version: 0,
         }
     }
 
@@ -286,13 +338,16 @@ impl RouterTask {
                 }
             }
             Event::Api(request) => self.handle_api(now, request),
+            Event::Udp(from, datagram) => self.router.handle_udp(now, from, &datagram),
         }
     }
 
     fn handle_api(&mut self, now: Instant, request: ApiRequest) {
         match request {
             ApiRequest::Status(reply) => {
-                let _ = reply.send(self.router.status(now));
+                let mut status = self.router.status(now);
+                status.data_plane = self.data_plane.as_ref().map(|dp| dp.stats().into());
+                let _ = reply.send(status);
             }
             ApiRequest::Connect(targets, reply) => {
                 info!(targets = ?targets, "connect requested");
@@ -325,6 +380,17 @@ impl RouterTask {
                     }
                 }
             }
+        }
+        while let Some((to, datagram)) = self.router.poll_transmit_udp() {
+            if let Some(dp) = &self.data_plane {
+                dp.send_control(to, &datagram);
+            }
+        }
+        if let Some(dp) = &self.data_plane
+            && self.router.data_version() != self.data_version
+        {
+            self.data_version = self.router.data_version();
+            dp.update(self.router.data_view());
         }
     }
 

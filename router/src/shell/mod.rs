@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod dataplane;
 pub mod home;
 pub mod http_api;
 pub mod sockets;

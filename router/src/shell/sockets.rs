@@ -31,6 +31,10 @@ pub enum BindError {
     #[error("TCP port {port} is already in use; stop the other program or pick another --port")]
     MeshPortInUse { port: u16 },
     #[error(
+        "UDP port {port} (the data plane uses the same number as the TCP port) is already in use; stop the other program or pick another --port"
+    )]
+    UdpPortInUse { port: u16 },
+    #[error(
         "HTTP API address {addr} is already in use (is another weft router running?); stop the other program or pick another --http-addr"
     )]
     ApiAddrInUse { addr: SocketAddr },
@@ -42,6 +46,16 @@ pub enum BindError {
     AddrNotAvailable { addr: SocketAddr },
     #[error("cannot listen on {addr}: {}", describe_io_error(.error))]
     Other { addr: SocketAddr, error: io::Error },
+}
+
+/// Binds the data-plane UDP socket on all addresses.
+pub fn bind_udp(port: u16) -> Result<std::net::UdpSocket, BindError> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    crate::shell::udp_io::bind(port).map_err(|error| match error.kind() {
+        io::ErrorKind::AddrInUse => BindError::UdpPortInUse { port },
+        io::ErrorKind::PermissionDenied => BindError::PermissionDenied { addr },
+        _ => BindError::Other { addr, error },
+    })
 }
 
 /// Binds a TCP listener with `SO_REUSEADDR`, so a restarted router can bind

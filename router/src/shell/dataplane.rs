@@ -1,0 +1,504 @@
+//! The data plane's I/O: two threads moving frames between the TAP device
+//! and the UDP socket, deciding with the core's [`Forwarder`].
+//!
+//! ```text
+//!  TAP ──recv (batch)──▶ tap thread ──Forwarder::from_tap──▶ Batcher ──sendmmsg──▶ UDP
+//!  UDP ──recvmmsg─────▶ udp thread ──Forwarder::from_mesh─┬─▶ TAP (deliver)
+//!                                                         └─▶ sendmmsg (relay)
+//!                          control datagrams (heartbeat, PMTU) ──▶ router task
+//! ```
+//!
+//! Plain OS threads, not tokio tasks: each blocks in one system call per
+//! batch and both run in parallel on separate cores. They share the
+//! forwarder (MAC table, data routes, counters) behind one mutex taken once
+//! per batch, and a read-mostly map of neighbours' UDP addresses and path
+//! MTUs that the router task republishes when the control plane changes.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, warn};
+use tun_rs::{InterruptEvent, SyncDevice};
+
+use crate::core::forward::{
+    Batcher, Destination, ForwardStats, Forwarder, Sink, TapVerdict, resplit,
+};
+use crate::core::identity::PeerName;
+use crate::core::router::{DataView, NeighbourPath};
+use crate::core::status::DataPlaneStatus;
+use crate::core::wire::udp::{FramesIter, HEADER_LEN, Kind, MAGIC};
+use crate::shell::udp_io::{self, RecvBatch, SendBatch, SendReport};
+
+/// Frames read from the TAP per batch.
+const TAP_BATCH: usize = 64;
+/// Largest frame the TAP can hand us (MTU is capped well below this).
+const MAX_FRAME: usize = 65_536;
+/// How often stale MAC entries are swept.
+const MAC_SWEEP: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Neighbours {
+    by_name: HashMap<PeerName, NeighbourPath>,
+    by_addr: HashMap<SocketAddr, PeerName>,
+}
+
+impl Neighbours {
+    /// Largest UDP payload all of `hops` accept; 0 if one is unknown.
+    fn limit(&self, hops: &[PeerName]) -> usize {
+        hops.iter()
+            .map(|h| self.by_name.get(h).map_or(0, |n| n.payload_limit))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// Counters the threads keep outside the forwarder's lock.
+#[derive(Default)]
+struct Counters {
+    tap_write_errors: AtomicU64,
+    udp_too_big: AtomicU64,
+    udp_send_failed: AtomicU64,
+    unknown_sender: AtomicU64,
+}
+
+/// Data-plane figures for `weft status` and metrics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DataPlaneStats {
+    pub forward: ForwardStats,
+    pub macs: usize,
+    pub tap_write_errors: u64,
+    pub udp_too_big: u64,
+    pub udp_send_failed: u64,
+    pub unknown_sender: u64,
+}
+
+impl From<DataPlaneStats> for DataPlaneStatus {
+    fn from(s: DataPlaneStats) -> Self {
+        let f = s.forward;
+        DataPlaneStatus {
+            macs: s.macs,
+            frames_from_tap: f.frames_from_tap,
+            frames_to_tap: f.frames_to_tap,
+            frames_sent: f.frames_sent,
+            datagrams_relayed: f.datagrams_relayed,
+            icmp_frag_needed: f.icmp_frag_needed,
+            fragmented: f.fragmented,
+            dropped: f
+                .dropped
+                .iter()
+                .map(|(reason, n)| {
+                    (
+                        serde_json::to_value(reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        *n,
+                    )
+                })
+                .collect(),
+            tap_write_errors: s.tap_write_errors,
+            udp_too_big: s.udp_too_big,
+            udp_send_failed: s.udp_send_failed,
+            unknown_sender: s.unknown_sender,
+        }
+    }
+}
+
+struct Shared {
+    local: PeerName,
+    fwd: Mutex<Forwarder>,
+    neighbours: RwLock<Neighbours>,
+    udp: UdpSocket,
+    tap: Option<SyncDevice>,
+    control: UnboundedSender<(SocketAddr, Vec<u8>)>,
+    stop: AtomicBool,
+    wake: InterruptEvent,
+    counters: Counters,
+}
+
+/// The running data plane.
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DataPlane {
+    /// Starts the threads. Without a TAP (tests, or a router that only
+    /// relays) frames for us are counted and dropped, and relaying works.
+    pub fn start(
+        local: PeerName,
+        udp: UdpSocket,
+        tap: Option<SyncDevice>,
+        control: UnboundedSender<(SocketAddr, Vec<u8>)>,
+    ) -> io::Result<Self> {
+        if let Some(tap) = &tap {
+            tap.set_nonblocking(true)?;
+        }
+        let shared = Arc::new(Shared {
+            local,
+            fwd: Mutex::new(Forwarder::new(local)),
+            neighbours: RwLock::new(Neighbours::default()),
+            udp,
+            tap,
+            control,
+            stop: AtomicBool::new(false),
+            wake: InterruptEvent::new()?,
+            counters: Counters::default(),
+        });
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("weft-udp".into())
+                .spawn(move || udp_loop(&s))?,
+        );
+        if shared.tap.is_some() {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("weft-tap".into())
+                    .spawn(move || tap_loop(&s))?,
+            );
+        }
+        Ok(Self { shared, threads })
+    }
+
+    /// Installs what the control plane decided.
+    pub fn update(&self, view: DataView) {
+        let mut n = Neighbours::default();
+        for (name, path) in view.neighbours {
+            n.by_addr.insert(path.addr, name);
+            n.by_name.insert(name, path);
+        }
+        if let Ok(mut guard) = self.shared.neighbours.write() {
+            *guard = n;
+        }
+        if let Ok(mut fwd) = self.shared.fwd.lock() {
+            fwd.set_routes(Instant::now(), view.routes);
+        }
+    }
+
+    /// Sends a control datagram (heartbeat, probe, ack) for the router.
+    pub fn send_control(&self, to: SocketAddr, datagram: &[u8]) {
+        if let Err(e) = self.shared.udp.send_to(datagram, to) {
+            debug!(%to, error = %e, "UDP control send failed");
+        }
+    }
+
+    pub fn stats(&self) -> DataPlaneStats {
+        let c = &self.shared.counters;
+        let (forward, macs) = match self.shared.fwd.lock() {
+            Ok(f) => (f.stats.clone(), f.macs().len()),
+            Err(_) => Default::default(),
+        };
+        DataPlaneStats {
+            forward,
+            macs,
+            tap_write_errors: c.tap_write_errors.load(Ordering::Relaxed),
+            udp_too_big: c.udp_too_big.load(Ordering::Relaxed),
+            udp_send_failed: c.udp_send_failed.load(Ordering::Relaxed),
+            unknown_sender: c.unknown_sender.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops and joins the threads.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = self.shared.wake.trigger();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Collects a batch's datagrams and ICMP replies, then sends them.
+struct Out<'a> {
+    shared: &'a Shared,
+    neighbours: &'a Neighbours,
+    batch: &'a mut SendBatch,
+    report: &'a mut SendReport,
+}
+
+impl Sink for Out<'_> {
+    fn datagram(&mut self, next_hops: &[PeerName], datagram: &[u8]) {
+        for hop in next_hops {
+            if let Some(n) = self.neighbours.by_name.get(hop) {
+                self.batch
+                    .push(&self.shared.udp, n.addr, datagram, self.report);
+            }
+        }
+    }
+
+    fn to_tap(&mut self, frame: &[u8]) {
+        write_tap(self.shared, frame);
+    }
+}
+
+fn write_tap(shared: &Shared, frame: &[u8]) {
+    if let Some(tap) = &shared.tap
+        && tap.send(frame).is_err()
+    {
+        shared
+            .counters
+            .tap_write_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn record(shared: &Shared, report: &mut SendReport) {
+    let c = &shared.counters;
+    c.udp_too_big
+        .fetch_add(report.too_big as u64, Ordering::Relaxed);
+    c.udp_send_failed
+        .fetch_add(report.failed as u64, Ordering::Relaxed);
+    *report = SendReport::default();
+}
+
+fn tap_loop(shared: &Shared) {
+    let Some(tap) = &shared.tap else { return };
+    let mut bufs: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; MAX_FRAME]).collect();
+    let mut lens = [0usize; TAP_BATCH];
+    let mut batcher = Batcher::new();
+    let mut send = SendBatch::default();
+    let mut report = SendReport::default();
+    let mut hops: Vec<PeerName> = Vec::new();
+    let mut last_sweep = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match tap.wait_readable_intr_timeout(&shared.wake, Some(Duration::from_millis(500))) {
+            Ok(()) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted
+                    || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "TAP wait failed; data plane stops reading");
+                return;
+            }
+        }
+        let mut n = 0;
+        while n < TAP_BATCH {
+            match tap.recv(&mut bufs[n]) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(error = %e, "TAP read failed");
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        let (Ok(mut fwd), Ok(neighbours)) = (shared.fwd.lock(), shared.neighbours.read()) else {
+            return;
+        };
+        let mut out = Out {
+            shared,
+            neighbours: &neighbours,
+            batch: &mut send,
+            report: &mut report,
+        };
+        for i in 0..n {
+            let frame = &bufs[i][..lens[i]];
+            match fwd.from_tap(now, frame) {
+                TapVerdict::Drop(_) => {}
+                TapVerdict::Unicast { dst, next_hop } => {
+                    let limit = neighbours.limit(&[next_hop]);
+                    batcher.push(
+                        &mut fwd,
+                        Destination::Peer(dst),
+                        &[next_hop],
+                        limit,
+                        frame,
+                        &mut out,
+                    );
+                }
+                TapVerdict::Flood => {
+                    hops.clear();
+                    hops.extend_from_slice(fwd.flood_hops(shared.local));
+                    let limit = neighbours.limit(&hops);
+                    batcher.push(
+                        &mut fwd,
+                        Destination::Everyone,
+                        &hops,
+                        limit,
+                        frame,
+                        &mut out,
+                    );
+                }
+            }
+        }
+        batcher.flush(&mut out);
+        if now.duration_since(last_sweep) >= MAC_SWEEP {
+            fwd.macs_mut().expire(now);
+            last_sweep = now;
+        }
+        drop(fwd);
+        drop(neighbours);
+        send.flush(&shared.udp, &mut report);
+        record(shared, &mut report);
+    }
+}
+
+fn udp_loop(shared: &Shared) {
+    let mut batch = RecvBatch::default();
+    let mut send = SendBatch::default();
+    let mut report = SendReport::default();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let n = match udp_io::recv_batch(&shared.udp, &mut batch) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "UDP receive failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        let (Ok(mut fwd), Ok(neighbours)) = (shared.fwd.lock(), shared.neighbours.read()) else {
+            return;
+        };
+        for (addr, datagram) in batch.iter_mut() {
+            let Some(addr) = addr else { continue };
+            if datagram.len() < HEADER_LEN || datagram[0] != MAGIC {
+                continue;
+            }
+            if datagram[1] != Kind::Frames as u8 {
+                let _ = shared.control.send((addr, datagram.to_vec()));
+                continue;
+            }
+            let Some(&from) = neighbours.by_addr.get(&addr) else {
+                shared
+                    .counters
+                    .unknown_sender
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let Ok(verdict) = fwd.from_mesh(from, datagram) else {
+                continue;
+            };
+            if verdict.deliver {
+                for frame in FramesIter::new(&datagram[HEADER_LEN..]) {
+                    let Ok(frame) = frame else { break };
+                    if fwd.deliver_frame(now, verdict.origin, frame) {
+                        write_tap(shared, frame);
+                    }
+                }
+            }
+            for hop in &verdict.forward_to {
+                let Some(path) = neighbours.by_name.get(hop) else {
+                    continue;
+                };
+                if datagram.len() <= path.payload_limit {
+                    send.push(&shared.udp, path.addr, datagram, &mut report);
+                } else {
+                    let dropped = resplit(datagram, path.payload_limit, |d| {
+                        send.push(&shared.udp, path.addr, d, &mut report)
+                    });
+                    report.too_big += dropped;
+                }
+            }
+        }
+        drop(fwd);
+        drop(neighbours);
+        send.flush(&shared.udp, &mut report);
+        record(shared, &mut report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::routes::{Graph, Routes};
+    use crate::core::wire::udp::{FramesBuilder, Header};
+
+    fn n(v: u64) -> PeerName {
+        PeerName::from_u64(v).unwrap()
+    }
+
+    /// Router 2 in the line 1 - 2 - 3, with "routers" 1 and 3 played by
+    /// plain sockets on loopback.
+    #[test]
+    fn relays_frames_and_passes_control_datagrams_to_the_router() {
+        let sock = udp_io::bind(0).unwrap();
+        let me = SocketAddr::from(([127, 0, 0, 1], sock.local_addr().unwrap().port()));
+        let one = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let three = UdpSocket::bind("127.0.0.1:0").unwrap();
+        three
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let dp = DataPlane::start(n(2), sock, None, tx).unwrap();
+        let (a, b, c) = ([n(2)], [n(1), n(3)], [n(2)]);
+        let routes = Routes::compute(
+            n(2),
+            Graph::from_claims([(n(1), &a[..]), (n(2), &b[..]), (n(3), &c[..])]),
+        );
+        let path = |s: &UdpSocket| NeighbourPath {
+            addr: s.local_addr().unwrap(),
+            payload_limit: 1472,
+            usable: true,
+        };
+        dp.update(DataView {
+            version: 1,
+            local: n(2),
+            routes,
+            neighbours: HashMap::from([(n(1), path(&one)), (n(3), path(&three))]),
+        });
+
+        let mut b = FramesBuilder::new(
+            Header {
+                kind: Kind::Frames,
+                hop_limit: 9,
+                src: n(1),
+                dst: Some(n(3)),
+            },
+            1472,
+        );
+        let frame: Vec<u8> = (0..100u8).collect();
+        assert!(b.push(&frame));
+        one.send_to(b.bytes(), me).unwrap();
+        let mut buf = [0u8; 2048];
+        let (len, from) = three.recv_from(&mut buf).unwrap();
+        assert_eq!(from.port(), me.port());
+        assert_eq!(buf[2], 8, "hop limit decremented");
+        let got: Vec<&[u8]> = FramesIter::new(&buf[HEADER_LEN..len])
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got, vec![&frame[..]]);
+
+        // A heartbeat goes to the router task, untouched.
+        let hb = crate::core::wire::udp::heartbeat(n(1), n(2), 5, true);
+        one.send_to(&hb, me).unwrap();
+        let (addr, d) = rx.blocking_recv().unwrap();
+        assert_eq!(addr, one.local_addr().unwrap());
+        assert_eq!(d, hb.to_vec());
+
+        // Frames from a stranger are counted and dropped.
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(b.bytes(), me).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dp.stats().unknown_sender == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(dp.stats().unknown_sender, 1);
+        assert_eq!(dp.stats().forward.datagrams_relayed, 1);
+        dp.stop();
+    }
+}
