@@ -53,10 +53,9 @@ fuzz_target!(|data: &[u8]| {
     let (mut agreed, mut featured) = (false, false);
     for read in split(&[chunk], &stream) {
         now += Duration::from_millis(10);
-        let Ok(events) = c.handle_bytes(now, read) else {
-            // The router closes the connection; nothing more is read.
-            return;
-        };
+        let events = c.handle_bytes(now, read);
+        // After `Closed` the router closes the connection; nothing more is read.
+        let closed = matches!(events.last(), Some(ConnEvent::Closed(_)));
         assert_eq!(c.last_recv, now);
         for event in events {
             match event {
@@ -79,12 +78,16 @@ fuzz_target!(|data: &[u8]| {
                         ControlMessage::Features(_) | ControlMessage::Close { .. }
                     ));
                 }
+                ConnEvent::Closed(_) => {}
             }
         }
         match c.state {
             ConnState::AwaitPreamble => assert!(!agreed),
             ConnState::AwaitFeatures { .. } => assert!(agreed && !featured),
             ConnState::Established { .. } => assert!(featured),
+        }
+        if closed {
+            return;
         }
     }
 });

@@ -115,6 +115,10 @@ pub enum ConnEvent {
     /// the router rejects them.
     Features(Features),
     Message(ControlMessage),
+    /// The connection must close; always the last event. Messages that
+    /// arrived before the problem in the same read come first, so a delta
+    /// sent just before `Close` is not lost.
+    Closed(CloseReason),
 }
 
 #[derive(Debug)]
@@ -189,20 +193,29 @@ impl Connection {
             .map(|f| SocketAddr::new(self.remote_addr.ip(), f.listen_port))
     }
 
-    /// Consumes bytes read from the socket.
-    pub fn handle_bytes(
+    /// Consumes bytes read from the socket. If the connection must close,
+    /// the last event is [`ConnEvent::Closed`].
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Vec<ConnEvent> {
+        self.last_recv = now;
+        let mut events = Vec::new();
+        if let Err(reason) = self.read(now, bytes, &mut events) {
+            events.push(ConnEvent::Closed(reason));
+        }
+        events
+    }
+
+    fn read(
         &mut self,
         now: Instant,
         mut bytes: &[u8],
-    ) -> Result<Vec<ConnEvent>, CloseReason> {
-        self.last_recv = now;
-        let mut events = Vec::new();
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<(), CloseReason> {
         if self.state == ConnState::AwaitPreamble {
             let take = (PREAMBLE_LEN - self.preamble_buf.len()).min(bytes.len());
             self.preamble_buf.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             match Preamble::parse(&self.preamble_buf).map_err(CloseReason::Protocol)? {
-                None => return Ok(events),
+                None => return Ok(()),
                 Some(theirs) => match self.preamble.negotiate(&theirs) {
                     Some(version) => {
                         self.state = ConnState::AwaitFeatures { version };
@@ -259,7 +272,7 @@ impl Connection {
                 }
             }
         }
-        Ok(events)
+        Ok(())
     }
 
     /// Frames `msg` for sending and notes the time.
@@ -306,6 +319,14 @@ mod tests {
         )
     }
 
+    /// The reason the connection must close, if the events end with one.
+    fn closed(events: &[ConnEvent]) -> Option<CloseReason> {
+        match events.last() {
+            Some(ConnEvent::Closed(r)) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
     #[test]
     fn completes_a_handshake_delivered_byte_by_byte() {
         let now = Instant::now();
@@ -315,7 +336,7 @@ mod tests {
         stream.extend(encode_frame(&ControlMessage::Heartbeat.encode()).unwrap());
         let mut events = Vec::new();
         for b in stream {
-            events.extend(c.handle_bytes(now, &[b]).unwrap());
+            events.extend(c.handle_bytes(now, &[b]));
         }
         assert_eq!(
             events,
@@ -335,9 +356,8 @@ mod tests {
     #[test]
     fn rejects_version_mismatch_garbage_and_out_of_order_messages() {
         let now = Instant::now();
-        let err = conn(now, 2..=3)
-            .handle_bytes(now, &Preamble::new(1..=1).emit())
-            .unwrap_err();
+        let err =
+            closed(&conn(now, 2..=3).handle_bytes(now, &Preamble::new(1..=1).emit())).unwrap();
         assert_eq!(
             err,
             CloseReason::NoCommonVersion {
@@ -347,25 +367,23 @@ mod tests {
         );
         assert!(err.to_string().contains("upgrade the older router"));
 
-        let err = conn(now, 1..=1)
-            .handle_bytes(now, b"SSH-2.0-OpenSSH")
-            .unwrap_err();
+        let err = closed(&conn(now, 1..=1).handle_bytes(now, b"SSH-2.0-OpenSSH")).unwrap();
         assert_eq!(err, CloseReason::Protocol(WireError::BadMagic));
 
         let mut c = conn(now, 1..=1);
         let mut stream = Preamble::new(1..=1).emit().to_vec();
         stream.extend(encode_frame(&ControlMessage::Heartbeat.encode()).unwrap());
         assert!(matches!(
-            c.handle_bytes(now, &stream),
-            Err(CloseReason::Protocol(_))
+            closed(&c.handle_bytes(now, &stream)),
+            Some(CloseReason::Protocol(_))
         ));
 
         let mut c = conn(now, 1..=1);
         let mut stream = Preamble::new(1..=1).emit().to_vec();
         stream.extend([0x7f, 0, 0, 0]);
         assert!(matches!(
-            c.handle_bytes(now, &stream),
-            Err(CloseReason::Protocol(WireError::FrameTooLarge { .. }))
+            closed(&c.handle_bytes(now, &stream)),
+            Some(CloseReason::Protocol(WireError::FrameTooLarge { .. }))
         ));
     }
 
@@ -374,18 +392,42 @@ mod tests {
         let now = Instant::now();
         let mut c = conn(now, 1..=1);
         let mut stream = Preamble::new(1..=1).emit().to_vec();
+        let close = ControlMessage::Close {
+            reason: "peer name collision".into(),
+        };
+        stream.extend(encode_frame(&close.encode()).unwrap());
+        assert_eq!(
+            closed(&c.handle_bytes(now, &stream)),
+            Some(CloseReason::RemoteClosed("peer name collision".into()))
+        );
+    }
+
+    #[test]
+    fn messages_before_a_close_in_the_same_read_are_not_lost() {
+        let now = Instant::now();
+        let mut c = conn(now, 1..=1);
+        let mut stream = Preamble::new(1..=1).emit().to_vec();
+        stream.extend(encode_frame(&ControlMessage::Features(features(5)).encode()).unwrap());
+        let gossip = ControlMessage::Gossip {
+            channel: "topology".into(),
+            payload: vec![0],
+        };
+        stream.extend(encode_frame(&gossip.encode()).unwrap());
         stream.extend(
             encode_frame(
                 &ControlMessage::Close {
-                    reason: "peer name collision".into(),
+                    reason: "bye".into(),
                 }
                 .encode(),
             )
             .unwrap(),
         );
+        let events = c.handle_bytes(now, &stream);
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(events[2], ConnEvent::Message(gossip));
         assert_eq!(
-            c.handle_bytes(now, &stream),
-            Err(CloseReason::RemoteClosed("peer name collision".into()))
+            closed(&events),
+            Some(CloseReason::RemoteClosed("bye".into()))
         );
     }
 }

@@ -17,8 +17,19 @@ pub const MAX_NICKNAME_LEN: usize = 64;
 /// A peer's stable 48-bit name, written like a MAC address (`7a:1f:00:9c:3e:01`).
 ///
 /// Weave uses the same shape, which operators already recognise in logs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Deserialising checks the 48-bit bound, so no message from the network
+/// can carry a name that `Display` and the wire's six-byte fields cannot
+/// represent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct PeerName(u64);
+
+impl<'de> Deserialize<'de> for PeerName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(d)?;
+        PeerName::from_u64(value).map_err(serde::de::Error::custom)
+    }
+}
 
 impl PeerName {
     const MASK: u64 = 0xffff_ffff_ffff;
@@ -197,6 +208,15 @@ mod tests {
             assert_eq!(n >> 40 & 0x02, 0x02, "locally administered bit");
             assert_eq!(n >> 40 & 0x01, 0x00, "multicast bit");
         }
+    }
+
+    #[test]
+    fn names_beyond_48_bits_do_not_deserialize() {
+        let ok: PeerName =
+            postcard::from_bytes(&postcard::to_stdvec(&0xffff_ffff_ffffu64).unwrap()).unwrap();
+        assert_eq!(ok.as_u64(), 0xffff_ffff_ffff);
+        let too_big = postcard::to_stdvec(&(1u64 << 48)).unwrap();
+        assert!(postcard::from_bytes::<PeerName>(&too_big).is_err());
     }
 
     #[test]

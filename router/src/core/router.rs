@@ -294,14 +294,7 @@ impl Router {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let events = match c.handle_bytes(now, bytes) {
-            Ok(events) => events,
-            Err(reason) => {
-                let notify = !matches!(reason, CloseReason::RemoteClosed(_));
-                self.close(now, conn, reason, notify);
-                return;
-            }
-        };
+        let events = c.handle_bytes(now, bytes);
         for event in events {
             if !self.conns.contains_key(&conn) {
                 return;
@@ -320,6 +313,10 @@ impl Router {
                 }
                 ConnEvent::Features(features) => self.on_features(now, conn, features),
                 ConnEvent::Message(msg) => self.on_message(now, conn, msg),
+                ConnEvent::Closed(reason) => {
+                    let notify = !matches!(reason, CloseReason::RemoteClosed(_));
+                    self.close(now, conn, reason, notify);
+                }
             }
         }
     }
