@@ -118,8 +118,8 @@ fn features_sent_by_peer(uid: u64) -> Features {
     }
 }
 
-/// A peer name of 2^48 + 0x9a00002, 49 bits: invalid, but see
-/// [`lists_an_oversized_name`].
+/// A peer name of 2^48 + 0x9a00002, 49 bits: invalid, so decoding it
+/// must fail.
 pub fn oversized_name() -> Option<PeerName> {
     weft_router::core::wire::decode("peer name", &[0x82, 0x80, 0x80, 0xcd, 0x80, 0x80, 0x40]).ok()
 }
@@ -297,9 +297,7 @@ impl SentStreams {
                                 ControlMessage::Gossip { channel, payload }
                                     if channel == TOPOLOGY_CHANNEL =>
                                 {
-                                    if let Err(e) = TopologyUpdate::decode(&payload)
-                                        && !lists_an_oversized_name(&payload)
-                                    {
+                                    if let Err(e) = TopologyUpdate::decode(&payload) {
                                         panic!("router gossiped an invalid topology update: {e}")
                                     }
                                 }
@@ -315,27 +313,10 @@ impl SentStreams {
     }
 }
 
-/// Known core bug, reported to the core's owner with a regression test:
-/// `ControlMessage::decode` accepts a `Features` name of 2^48 or more, the
-/// router lists that peer in its own topology entry, and every neighbour
-/// then rejects the entry and drops its connection to us. Until `PeerName`
-/// rejects such values when decoded, the harness tolerates exactly this
-/// symptom so the fuzzer keeps looking for other bugs. The test
-/// `oversized_features_names_are_still_accepted` fails once the core is
-/// fixed; delete this function then.
-fn lists_an_oversized_name(payload: &[u8]) -> bool {
-    weft_router::core::wire::decode::<TopologyUpdate>("topology update", payload).is_ok_and(|u| {
-        u.peers.iter().any(|p| {
-            p.connections
-                .iter()
-                .any(|c| PeerName::from_u64(c.peer.as_u64()).is_err())
-        })
-    })
-}
-
 /// The `router` input the fuzzer found (then minimised): a peer
-/// handshakes with the name [`oversized_name`], and the router then gossips
-/// a topology entry every conforming peer rejects.
+/// handshakes with the name [`oversized_name`]. The router used to accept
+/// it and gossip a topology entry every conforming peer rejects; now the
+/// features fail to decode and the connection is closed.
 pub fn oversized_name_input() -> Vec<u8> {
     let header = RouterHeader {
         prefix: Prefix::None,
@@ -347,12 +328,12 @@ pub fn oversized_name_input() -> Vec<u8> {
     };
     let mut input = header.emit().to_vec();
     input.extend(preamble());
-    if let Some(name) = oversized_name() {
-        input.extend(frame(&ControlMessage::Features(Features {
-            name,
-            ..peer_features(PEER_UID)
-        })));
-    }
+    // Features { name: 2^48 + 0x9a00002, "fuzz-peer", uid 7, half 0x1234,
+    // ports 6783, 6783 }, framed by hand: the encoder cannot build it.
+    input.extend([
+        0x00, 0x00, 0x00, 0x19, 0x00, 0x82, 0x80, 0x80, 0xcd, 0x80, 0x80, 0x40, 0x09, b'f', b'u',
+        b'z', b'z', b'-', b'p', b'e', b'e', b'r', 0x07, 0xb4, 0x24, 0xff, 0x34, 0xff, 0x34,
+    ]);
     input
 }
 
@@ -976,15 +957,11 @@ mod tests {
         }
     }
 
-    /// Tripwire for the tolerance in [`lists_an_oversized_name`]: when the
-    /// core starts rejecting names beyond 48 bits this fails; then delete
-    /// that function and this test, and keep the seed as a regression input.
+    /// Regression for the first bug this fuzzer found: a 49-bit peer name
+    /// in `Features` must not decode, and the router must not gossip it.
     #[test]
-    fn oversized_peer_names_are_still_accepted() {
-        assert!(
-            oversized_name().is_some(),
-            "the core now rejects oversized peer names: remove lists_an_oversized_name"
-        );
+    fn an_oversized_peer_name_is_rejected() {
+        assert!(oversized_name().is_none());
         run_router(&oversized_name_input());
     }
 

@@ -102,7 +102,7 @@ impl GossipStats {
 }
 
 /// How many neighbours a delta goes to, for a mesh of `known_peers`:
-/// `max(3, ⌈log2 N⌉)`. Rumour spreading reaches everyone with high
+/// `max(3, ⌊log2 N⌋ + 1)` (the bit length of N). Rumour spreading reaches everyone with high
 /// probability at this fanout; periodic full state catches the rest.
 pub fn fanout(known_peers: usize) -> usize {
     let log2 = usize::BITS - known_peers.max(1).leading_zeros();
