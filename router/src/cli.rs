@@ -1,5 +1,6 @@
 //! The `weft` command line: argument parsing, validation, and the commands
-//! (launch, status, report, stop, connect, forget, version).
+//! (launch, status, report, stop, connect, forget, attach, detach, ps,
+//! version).
 //!
 //! Every value a user types is validated before anything starts, and every
 //! error is one line naming the problem and what to do about it.
@@ -26,9 +27,12 @@ use crate::core::router::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT}
 use crate::core::status::RouterStatus;
 use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
+use crate::shell::attach::{AttachmentInfo, DEFAULT_IFNAME, Netns, parse_cidrs};
 use crate::shell::client::Client;
 use crate::shell::daemon::{self, DaemonConfig};
 use crate::shell::home::{self, DEFAULT_HOME, Home};
+use crate::shell::host::{self, DEFAULT_BRIDGE, DEFAULT_MTU, DEFAULT_TAP, HostConfig, MTU_RANGE};
+use crate::shell::http_api::{AttachRequest, DetachRequest};
 use crate::shell::sockets::{self, Service};
 
 /// Where the HTTP API listens unless told otherwise: loopback only, since
@@ -69,6 +73,12 @@ pub enum Command {
     Connect(PeersArgs),
     /// Stop keeping these peers connected.
     Forget(PeersArgs),
+    /// Plug a network namespace (a container) into the bridge.
+    Attach(AttachArgs),
+    /// Unplug a network namespace from the bridge.
+    Detach(DetachArgs),
+    /// List the attached network namespaces.
+    Ps(ApiArgs),
     /// Print the version.
     Version,
 }
@@ -87,6 +97,56 @@ pub struct PeersArgs {
     /// Peers as HOST, HOST:PORT or [IPV6]:PORT.
     #[arg(required = true, value_name = "PEER[:PORT]")]
     pub peers: Vec<String>,
+}
+
+/// Which namespace: exactly one of the two.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct NetnsRef {
+    /// A network namespace made with `ip netns add NAME`.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// The network namespace of process PID (a container's).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+}
+
+/// Which namespace, and which interface in it.
+#[derive(Debug, Args)]
+pub struct NetnsArgs {
+    #[command(flatten)]
+    pub ns: NetnsRef,
+    /// Interface name inside the namespace.
+    #[arg(long, default_value = DEFAULT_IFNAME, value_name = "NAME")]
+    pub ifname: String,
+}
+
+impl NetnsArgs {
+    /// Checks the names here, so mistakes are reported without a round
+    /// trip to the router.
+    fn validate(&self) -> Result<()> {
+        Netns::from_parts(self.ns.netns.clone(), self.ns.pid)?;
+        host::check_ifname(&self.ifname).map_err(|e| anyhow!("invalid --ifname: {e}"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub target: NetnsArgs,
+    /// Addresses for the interface, like 10.32.0.1/12 or fd00::1/64.
+    #[arg(required = true, value_name = "CIDR")]
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub target: NetnsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +183,17 @@ pub struct LaunchArgs {
     /// Silence after which a connection is declared dead (e.g. 4s).
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
+    /// Linux bridge that containers attach to; created, or adopted if it
+    /// exists, and removed when the router stops.
+    #[arg(long, default_value = DEFAULT_BRIDGE, value_name = "NAME")]
+    pub bridge: String,
+    /// MTU of the bridge, the TAP device and attached interfaces.
+    #[arg(long, default_value_t = DEFAULT_MTU, value_name = "BYTES")]
+    pub mtu: u32,
+    /// Run the mesh only: no bridge or TAP device (and no root needed);
+    /// nothing can attach.
+    #[arg(long, conflicts_with_all = ["bridge", "mtu"])]
+    pub no_bridge: bool,
     /// Peers to connect to, as HOST, HOST:PORT or [IPV6]:PORT.
     #[arg(value_name = "PEER[:PORT]")]
     pub peers: Vec<String>,
@@ -141,6 +212,8 @@ pub struct LaunchPlan {
     pub log_level: String,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// `None` with `--no-bridge`.
+    pub host: Option<HostConfig>,
     pub peers: Vec<PeerAddr>,
 }
 
@@ -188,6 +261,24 @@ impl LaunchArgs {
                 humantime::format_duration(heartbeat_interval)
             );
         }
+        let host = if self.no_bridge {
+            None
+        } else {
+            host::check_ifname(&self.bridge).map_err(|e| anyhow!("invalid --bridge: {e}"))?;
+            if !MTU_RANGE.contains(&self.mtu) {
+                bail!(
+                    "invalid --mtu {}: pick one from {} to {} (the default is {DEFAULT_MTU})",
+                    self.mtu,
+                    MTU_RANGE.start(),
+                    MTU_RANGE.end()
+                );
+            }
+            Some(HostConfig {
+                bridge: self.bridge.clone(),
+                tap: DEFAULT_TAP.into(),
+                mtu: self.mtu,
+            })
+        };
         let home = std::path::absolute(&self.home)
             .with_context(|| format!("cannot resolve --home {}", self.home.display()))?;
         Ok(LaunchPlan {
@@ -201,6 +292,7 @@ impl LaunchArgs {
             log_level: self.log_level.clone(),
             heartbeat_interval,
             heartbeat_timeout,
+            host,
             peers,
         })
     }
@@ -236,6 +328,15 @@ impl LaunchPlan {
         ];
         if !self.discovery {
             args.push("--no-discovery".into());
+        }
+        match &self.host {
+            Some(host) => args.extend([
+                "--bridge".into(),
+                host.bridge.clone().into(),
+                "--mtu".into(),
+                host.mtu.to_string().into(),
+            ]),
+            None => args.push("--no-bridge".into()),
         }
         args.push("--".into());
         args.extend(self.peers.iter().map(|p| p.to_string().into()));
@@ -310,6 +411,45 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Attach(args) => {
+            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            args.target.validate()?;
+            parse_cidrs(&args.cidrs)?;
+            let request = AttachRequest {
+                netns: args.target.ns.netns,
+                pid: args.target.ns.pid,
+                ifname: Some(args.target.ifname),
+                cidrs: args.cidrs,
+            };
+            let info = block_on(client.post_attach(&request))??;
+            println!(
+                "attached {}: {} {} {} (host end {})",
+                info.netns,
+                info.ifname,
+                info.mac.as_deref().unwrap_or("-"),
+                info.addresses.join(" "),
+                info.host_ifname
+            );
+            Ok(())
+        }
+        Command::Detach(args) => {
+            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            args.target.validate()?;
+            let request = DetachRequest {
+                netns: args.target.ns.netns,
+                pid: args.target.ns.pid,
+                ifname: Some(args.target.ifname),
+            };
+            let detached = block_on(client.post_detach(&request))??;
+            println!("detached {}: {}", detached.netns, detached.ifname);
+            Ok(())
+        }
+        Command::Ps(api) => {
+            let client = Client::new(parse_http_addr(&api.http_addr)?);
+            let ps = block_on(client.get_ps())??;
+            print!("{}", format_ps(&ps.attachments));
+            Ok(())
+        }
         Command::Version => {
             println!("{}", version_line());
             Ok(())
@@ -350,6 +490,7 @@ fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
             targets: plan.peers.clone(),
             home: Some(home),
             udp: Some(udp),
+            host: plan.host.clone(),
         };
         daemon::run(config, mesh, http, shutdown).await?;
         Ok(())
@@ -688,6 +829,37 @@ pub fn format_status(st: &RouterStatus) -> String {
     out
 }
 
+/// `weft ps`: one line per attachment under a header.
+pub fn format_ps(attachments: &[AttachmentInfo]) -> String {
+    if attachments.is_empty() {
+        return "no namespace is attached\n".into();
+    }
+    let mut rows = vec![vec![
+        "NAMESPACE".to_owned(),
+        "INTERFACE".into(),
+        "MAC".into(),
+        "ADDRESSES".into(),
+        "HOST END".into(),
+        "STATE".into(),
+    ]];
+    rows.extend(attachments.iter().map(|a| {
+        let addresses = if a.addresses.is_empty() {
+            "-".into()
+        } else {
+            a.addresses.join(",")
+        };
+        vec![
+            a.netns.label(),
+            a.ifname.clone(),
+            a.mac.clone().unwrap_or_else(|| "-".into()),
+            addresses,
+            a.host_ifname.clone(),
+            a.state.clone(),
+        ]
+    }));
+    table(rows)
+}
+
 /// Left-aligned columns two spaces apart, indented two spaces.
 fn table(rows: Vec<Vec<String>>) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -749,6 +921,10 @@ mod tests {
             "1s",
             "--log-level",
             "debug",
+            "--bridge",
+            "br0",
+            "--mtu",
+            "1376",
             "192.0.2.7",
             "host-b:7000",
         ])
@@ -762,6 +938,8 @@ mod tests {
         assert_eq!(plan.http_addr, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(plan.heartbeat_interval, Duration::from_millis(200));
         assert_eq!(plan.heartbeat_timeout, Duration::from_secs(1));
+        let host = plan.host.as_ref().unwrap();
+        assert_eq!((host.bridge.as_str(), host.mtu), ("br0", 1376));
         let peers: Vec<String> = plan.peers.iter().map(ToString::to_string).collect();
         assert_eq!(peers, ["192.0.2.7:6783", "host-b:7000"]);
     }
@@ -775,6 +953,99 @@ mod tests {
         assert!(validate_nickname(&plan.nickname).is_ok());
         assert!(plan.heartbeat_timeout > plan.heartbeat_interval);
         assert!(plan.name.is_none());
+        assert_eq!(plan.host, Some(HostConfig::default()));
+    }
+
+    #[test]
+    fn host_network_options_are_checked() {
+        let plan = launch(&["--bridge", "br-test", "--mtu", "9000"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            plan.host,
+            Some(HostConfig {
+                bridge: "br-test".into(),
+                tap: DEFAULT_TAP.into(),
+                mtu: 9000
+            })
+        );
+        assert_eq!(launch(&["--no-bridge"]).validate().unwrap().host, None);
+        assert_eq!(
+            error(&["--mtu", "575"]),
+            "invalid --mtu 575: pick one from 576 to 65000 (the default is 1408)"
+        );
+        assert!(error(&["--mtu", "65001"]).contains("--mtu 65001"));
+        let e = error(&["--bridge", "a-very-long-bridge"]);
+        assert_eq!(
+            e,
+            "invalid --bridge: invalid interface name \"a-very-long-bridge\": it is longer than 15 bytes"
+        );
+        let conflict = Cli::try_parse_from(["weft", "launch", "--no-bridge", "--bridge", "x"]);
+        assert!(conflict.is_err(), "--no-bridge with --bridge is refused");
+    }
+
+    fn attach_args(args: &[&str]) -> Result<AttachArgs, clap::Error> {
+        let mut argv = vec!["weft", "attach"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Attach(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attach_takes_one_namespace_and_addresses() {
+        let args = attach_args(&["--netns", "c1", "10.32.0.1/12", "fd00::1/64"]).unwrap();
+        assert_eq!(args.target.ns.netns.as_deref(), Some("c1"));
+        assert_eq!(args.target.ifname, "ethwe");
+        assert_eq!(args.cidrs, ["10.32.0.1/12", "fd00::1/64"]);
+        args.target.validate().unwrap();
+        let args = attach_args(&["--pid", "42", "--ifname", "eth1", "10.32.0.1/12"]).unwrap();
+        assert_eq!(args.target.ns.pid, Some(42));
+        assert_eq!(args.target.ifname, "eth1");
+        assert!(
+            attach_args(&["10.32.0.1/12"]).is_err(),
+            "a namespace is required"
+        );
+        assert!(attach_args(&["--netns", "c1", "--pid", "4", "10.32.0.1/12"]).is_err());
+        assert!(
+            attach_args(&["--netns", "c1"]).is_err(),
+            "an address is required"
+        );
+        let args = attach_args(&["--netns", "c1", "--ifname", "x/y", "10.32.0.1/12"]).unwrap();
+        let e = args.target.validate().unwrap_err().to_string();
+        assert!(e.starts_with("invalid --ifname: "), "{e}");
+        let e = parse_cidrs(&["10.32.0.1"]).unwrap_err().to_string();
+        assert!(e.contains("prefix length is missing"), "{e}");
+    }
+
+    #[test]
+    fn ps_lists_one_attachment_a_line() {
+        assert_eq!(format_ps(&[]), "no namespace is attached\n");
+        let attachments = [
+            AttachmentInfo {
+                netns: Netns::Name("c1".into()),
+                ifname: "ethwe".into(),
+                host_ifname: "vw0123abcd".into(),
+                mac: Some("02:00:00:00:00:01".into()),
+                addresses: vec!["10.32.0.1/12".into(), "fd00::1/64".into()],
+                state: "up".into(),
+            },
+            AttachmentInfo {
+                netns: Netns::Pid(4242),
+                ifname: "ethwe".into(),
+                host_ifname: "vw89abcdef".into(),
+                mac: None,
+                addresses: vec![],
+                state: "down".into(),
+            },
+        ];
+        let expected =
+            "  NAMESPACE  INTERFACE  MAC                ADDRESSES                HOST END    STATE
+  c1         ethwe      02:00:00:00:00:01  10.32.0.1/12,fd00::1/64  vw0123abcd  up
+  pid 4242   ethwe      -                  -                        vw89abcdef  down
+";
+        assert_eq!(format_ps(&attachments), expected);
     }
 
     #[test]
@@ -811,34 +1082,36 @@ mod tests {
 
     #[test]
     fn the_background_child_gets_the_same_launch_in_the_foreground() {
-        let plan = launch(&[
-            "--home",
-            "/tmp/h",
-            "--no-discovery",
-            "--heartbeat-interval",
-            "250ms",
-            "[2001:db8::1]:7000",
-        ])
-        .validate()
-        .unwrap();
-        let name: PeerName = "7a:1f:00:9c:3e:01".parse().unwrap();
-        let argv: Vec<OsString> = std::iter::once(OsString::from("weft"))
-            .chain(plan.child_args(name))
-            .collect();
-        let Command::Launch(child) = Cli::try_parse_from(argv).unwrap().command else {
-            panic!("child args are not a launch");
-        };
-        let child = child.validate().unwrap();
-        assert!(child.foreground);
-        assert_eq!(child.name, Some(name));
-        assert_eq!(
-            LaunchPlan {
-                foreground: false,
-                name: None,
-                ..child
-            },
-            plan
-        );
+        for host in [&["--bridge", "br0", "--mtu", "9000"][..], &["--no-bridge"]] {
+            let mut args = vec![
+                "--home",
+                "/tmp/h",
+                "--no-discovery",
+                "--heartbeat-interval",
+                "250ms",
+            ];
+            args.extend_from_slice(host);
+            args.push("[2001:db8::1]:7000");
+            let plan = launch(&args).validate().unwrap();
+            let name: PeerName = "7a:1f:00:9c:3e:01".parse().unwrap();
+            let argv: Vec<OsString> = std::iter::once(OsString::from("weft"))
+                .chain(plan.child_args(name))
+                .collect();
+            let Command::Launch(child) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("child args are not a launch");
+            };
+            let child = child.validate().unwrap();
+            assert!(child.foreground);
+            assert_eq!(child.name, Some(name));
+            assert_eq!(
+                LaunchPlan {
+                    foreground: false,
+                    name: None,
+                    ..child
+                },
+                plan
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,7 @@ async fn start_router(seed: u64) -> TestRouter {
         targets: Vec::new(),
         home: None,
         udp: Some(udp),
+        host: None,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));
@@ -316,8 +317,11 @@ fn cli_launches_in_the_background_reports_and_stops() {
     let _guard = KillOnDrop(home.clone());
     let http = format!("127.0.0.1:{}", free_port());
     let port = free_port().to_string();
+    // The bridge and TAP device are tested in `tests/host.rs`, inside a
+    // namespace of their own; here they would land in the host's.
     let launch = [
         "launch",
+        "--no-bridge",
         "--port",
         &port,
         "--http-addr",

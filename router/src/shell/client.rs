@@ -13,9 +13,11 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use crate::core::status::RouterStatus;
+use crate::shell::attach::AttachmentInfo;
 use crate::shell::describe_io_error;
 use crate::shell::http_api::{
-    ConnectResponse, ErrorResponse, ForgetResponse, PeersRequest, StopResponse,
+    AttachRequest, ConnectResponse, DetachRequest, DetachResponse, ErrorResponse, ForgetResponse,
+    PeersRequest, PsResponse, StopResponse,
 };
 
 /// The whole exchange must finish within this; the router answers from
@@ -89,6 +91,26 @@ impl Client {
 
     pub async fn post_stop(&self) -> Result<StopResponse, ClientError> {
         self.request(Method::POST, "/stop", None).await
+    }
+
+    pub async fn post_attach(
+        &self,
+        request: &AttachRequest,
+    ) -> Result<AttachmentInfo, ClientError> {
+        let body = json_body(request);
+        self.request(Method::POST, "/attach", Some(body)).await
+    }
+
+    pub async fn post_detach(
+        &self,
+        request: &DetachRequest,
+    ) -> Result<DetachResponse, ClientError> {
+        let body = json_body(request);
+        self.request(Method::POST, "/detach", Some(body)).await
+    }
+
+    pub async fn get_ps(&self) -> Result<PsResponse, ClientError> {
+        self.request(Method::GET, "/ps", None).await
     }
 
     async fn request<T: DeserializeOwned>(
@@ -173,4 +195,9 @@ fn peers_body(peers: &[String]) -> Vec<u8> {
     };
     // A struct of strings always serialises.
     serde_json::to_vec(&request).unwrap_or_default()
+}
+
+fn json_body<T: serde::Serialize>(body: &T) -> Vec<u8> {
+    // Structs of strings and numbers always serialise.
+    serde_json::to_vec(body).unwrap_or_default()
 }

@@ -28,9 +28,11 @@ use tracing::{debug, info, warn};
 
 use crate::core::wire::addr::PeerAddr;
 use crate::core::{Action, ConnHandle, Router, RouterConfig};
+use crate::shell::attach::{AttachError, Attachments};
 use crate::shell::dataplane::DataPlane;
 use crate::shell::describe_io_error;
 use crate::shell::home::{self, Home};
+use crate::shell::host::{self, HostConfig, HostError, HostNet};
 use crate::shell::http_api::{self, ApiHandle, ApiRequest};
 use crate::shell::sockets::configure_stream;
 
@@ -66,6 +68,9 @@ pub struct DaemonConfig {
     /// The bound data-plane UDP socket (same port number as the mesh
     /// listener); `None` runs the control plane alone.
     pub udp: Option<std::net::UdpSocket>,
+    /// The bridge and TAP device to set up before reporting ready, and
+    /// remove on stop; `None` runs the mesh alone (tests, `--no-bridge`).
+    pub host: Option<HostConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +82,10 @@ pub enum DaemonError {
     },
     #[error("cannot start the data plane: {}", describe_io_error(.0))]
     DataPlane(std::io::Error),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
 }
 
 /// Everything reported to the router task.
@@ -122,6 +131,13 @@ pub async fn run(
             what: "HTTP API",
             error,
         })?;
+    let (mut host_net, attachments) = match &config.host {
+        Some(host) => {
+            let (net, attachments) = start_host(host, config.home.as_ref()).await?;
+            (Some(net), Some(attachments))
+        }
+        None => (None, None),
+    };
     let stop = shutdown.child_token();
     // The API outlives the router task by a little, see DaemonConfig::home.
     let api_stop = CancellationToken::new();
@@ -129,7 +145,7 @@ pub async fn run(
 
     let http = tokio::spawn(http_api::serve(
         http_listener,
-        ApiHandle::new(events_tx.clone()),
+        ApiHandle::new(events_tx.clone(), attachments),
         api_stop.clone(),
     ));
     let accept = tokio::spawn(accept_loop(listener, events_tx.clone(), stop.clone()));
@@ -139,7 +155,7 @@ pub async fn run(
     let data_plane = match config.udp {
         Some(udp) => {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
-            let tap = None;
+            let tap = host_net.as_mut().and_then(HostNet::take_tap);
             let dp = DataPlane::start(router.identity().name, udp, tap, control_tx)
                 .map_err(DaemonError::DataPlane)?;
             tokio::spawn(forward_udp_control(
@@ -168,6 +184,11 @@ pub async fn run(
     if let Some(dp) = task.data_plane.take() {
         let _ = tokio::task::spawn_blocking(move || dp.stop()).await;
     }
+    if let Some(net) = host_net
+        && let Err(e) = net.teardown().await
+    {
+        warn!(error = %e, "could not remove the bridge and TAP device");
+    }
     drop(config.home);
     api_stop.cancel();
     let _ = http.await;
@@ -193,6 +214,25 @@ async fn forward_udp_control(
             return;
         }
     }
+}
+
+/// Sets up the bridge and TAP device, then puts the containers attached
+/// before a restart back on the bridge.
+async fn start_host(
+    config: &HostConfig,
+    home: Option<&Home>,
+) -> Result<(HostNet, Arc<Attachments>), DaemonError> {
+    let attachments =
+        Attachments::load(&config.bridge, config.mtu, home.map(Home::attachments_path))?;
+    let net = host::setup(&config.bridge, &config.tap, config.mtu).await?;
+    // A container left off the bridge is cut off, but the others still
+    // need a router: a failure here does not stop the start.
+    match attachments.restore().await {
+        Ok(0) => {}
+        Ok(n) => info!(attachments = n, bridge = %config.bridge, "attachments restored"),
+        Err(e) => warn!(error = %e, "could not restore the attachments"),
+    }
+    Ok((net, Arc::new(attachments)))
 }
 
 async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, stop: CancellationToken) {

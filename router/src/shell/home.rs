@@ -8,6 +8,7 @@
 //! HOME/weft.pid      the daemon's pid; removed on clean exit
 //! HOME/weft.log      stdout and stderr of a daemonised router
 //! HOME/targets.json  user targets, rewritten whenever they change
+//! HOME/attachments.json  namespaces attached to the bridge (`weft attach`)
 //! ```
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
@@ -27,6 +28,7 @@ const LOCK_FILE: &str = "weft.lock";
 const PID_FILE: &str = "weft.pid";
 const LOG_FILE: &str = "weft.log";
 const TARGETS_FILE: &str = "targets.json";
+const ATTACHMENTS_FILE: &str = "attachments.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
@@ -119,6 +121,10 @@ impl Home {
         self.dir.join(TARGETS_FILE)
     }
 
+    pub fn attachments_path(&self) -> PathBuf {
+        self.dir.join(ATTACHMENTS_FILE)
+    }
+
     /// The peer name: `requested` if given (and persisted for next time),
     /// else the persisted one, else a fresh random one (persisted).
     pub fn peer_name(&self, requested: Option<PeerName>) -> Result<PeerName, HomeError> {
@@ -191,7 +197,7 @@ pub fn save_targets(path: &Path, targets: &[PeerAddr]) -> Result<(), HomeError> 
 
 /// Writes via a temporary file and a rename, so a crash never leaves a
 /// half-written file behind.
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);

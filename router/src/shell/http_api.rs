@@ -1,9 +1,11 @@
 //! The local HTTP API (`--http-addr`, default `127.0.0.1:6784`).
 //!
-//! Every endpoint is answered by the router task: the handler sends an
+//! The mesh endpoints are answered by the router task: the handler sends an
 //! [`ApiRequest`] with a oneshot reply over the router's event queue, so the
-//! API never touches router state directly. Bodies are JSON; errors are
-//! always `{"error": "..."}`.
+//! API never touches router state directly. The attachment endpoints work
+//! on the host's network, not the router, and are answered directly by the
+//! daemon's [`Attachments`]. Bodies are JSON; errors are always
+//! `{"error": "..."}`.
 //!
 //! | Method and path | Body | Answer |
 //! |---|---|---|
@@ -11,9 +13,13 @@
 //! | `POST /connect` | [`PeersRequest`] | [`ConnectResponse`] |
 //! | `POST /forget` | [`PeersRequest`] | [`ForgetResponse`] |
 //! | `POST /stop` | | [`StopResponse`], then the router shuts down |
+//! | `POST /attach` | [`AttachRequest`] | [`AttachmentInfo`] |
+//! | `POST /detach` | [`DetachRequest`] | [`DetachResponse`] |
+//! | `GET /ps` | | [`PsResponse`] |
 
 use std::convert::Infallible;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +30,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +40,9 @@ use tracing::{debug, warn};
 
 use crate::core::status::RouterStatus;
 use crate::core::wire::addr::PeerAddr;
+use crate::shell::attach::{
+    AttachError, AttachmentInfo, Attachments, DEFAULT_IFNAME, Netns, parse_cidrs,
+};
 use crate::shell::daemon::Event;
 
 /// Largest request body accepted; a peer list is a few hundred bytes.
@@ -74,6 +84,50 @@ pub struct StopResponse {
     pub stopping: bool,
 }
 
+/// Body of `POST /attach`: exactly one of `netns` and `pid`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// A namespace made with `ip netns add`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The namespace of this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Interface name inside the namespace; default `ethwe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// Addresses for the interface, like `10.32.0.1/12`.
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+}
+
+/// Body of `POST /detach`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+}
+
+/// Answer to `POST /detach`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachResponse {
+    #[serde(flatten)]
+    pub netns: Netns,
+    pub ifname: String,
+    /// The veth end that was deleted.
+    pub host_ifname: String,
+}
+
+/// Answer to `GET /ps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsResponse {
+    pub attachments: Vec<AttachmentInfo>,
+}
+
 /// Every error the API returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
@@ -93,15 +147,20 @@ pub enum ApiRequest {
 #[derive(Debug)]
 struct RouterGone;
 
-/// How handlers reach the router task.
+/// How handlers reach the router task and the host's attachments.
 #[derive(Clone, Debug)]
 pub(crate) struct ApiHandle {
     events: mpsc::Sender<Event>,
+    /// `None` when the router runs without a bridge.
+    attachments: Option<Arc<Attachments>>,
 }
 
 impl ApiHandle {
-    pub(crate) fn new(events: mpsc::Sender<Event>) -> Self {
-        Self { events }
+    pub(crate) fn new(events: mpsc::Sender<Event>, attachments: Option<Arc<Attachments>>) -> Self {
+        Self {
+            events,
+            attachments,
+        }
     }
 
     async fn call<T>(
@@ -207,18 +266,21 @@ async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>
             .call(ApiRequest::Stop)
             .await
             .map(|()| json(StatusCode::OK, &StopResponse { stopping: true })),
-        (_, "/status") => Ok(error(
+        (&Method::POST, "/attach") => Ok(host_call(api, req, handle_attach).await),
+        (&Method::POST, "/detach") => Ok(host_call(api, req, handle_detach).await),
+        (&Method::GET, "/ps") => Ok(host_call(api, req, handle_ps).await),
+        (_, "/status" | "/ps") => Ok(error(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} /status is not supported; use GET"),
+            format!("{method} {path} is not supported; use GET"),
         )),
-        (_, "/connect" | "/forget" | "/stop") => Ok(error(
+        (_, "/connect" | "/forget" | "/stop" | "/attach" | "/detach") => Ok(error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} {path} is not supported; use POST"),
         )),
         _ => Ok(error(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint: {method} {path}; the API serves GET /status, POST /connect, POST /forget and POST /stop"
+                "no such endpoint: {method} {path}; the API serves GET /status, POST /connect, POST /forget, POST /stop, POST /attach, POST /detach and GET /ps"
             ),
         )),
     };
@@ -230,9 +292,88 @@ async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>
     })
 }
 
-/// Reads and validates a [`PeersRequest`]; all addresses must parse, or
-/// nothing is applied.
-async fn read_peers(req: Request<Incoming>) -> Result<Vec<PeerAddr>, Response<Full<Bytes>>> {
+/// Runs an attachment endpoint, if this router has a bridge.
+async fn host_call<F, Fut>(api: &ApiHandle, req: Request<Incoming>, f: F) -> Response<Full<Bytes>>
+where
+    F: FnOnce(Arc<Attachments>, Request<Incoming>) -> Fut,
+    Fut: Future<Output = Response<Full<Bytes>>>,
+{
+    match &api.attachments {
+        Some(attachments) => f(attachments.clone(), req).await,
+        None => error(
+            StatusCode::CONFLICT,
+            "this weft router runs without a bridge (launched with --no-bridge), so nothing can attach to it".into(),
+        ),
+    }
+}
+
+async fn handle_attach(
+    attachments: Arc<Attachments>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let example = r#"{"netns": "c1", "cidrs": ["10.32.0.1/12"]}"#;
+    let request: AttachRequest = match read_json(req, example).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let attached = async {
+        let netns = Netns::from_parts(request.netns, request.pid)?;
+        let ifname = request.ifname.unwrap_or_else(|| DEFAULT_IFNAME.into());
+        let cidrs = parse_cidrs(&request.cidrs)?;
+        attachments.attach(&netns, &ifname, &cidrs).await
+    };
+    match attached.await {
+        Ok(info) => json(StatusCode::OK, &info),
+        Err(e) => attach_error(&e),
+    }
+}
+
+async fn handle_detach(
+    attachments: Arc<Attachments>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let request: DetachRequest = match read_json(req, r#"{"netns": "c1"}"#).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let detached = async {
+        let netns = Netns::from_parts(request.netns, request.pid)?;
+        let ifname = request.ifname.unwrap_or_else(|| DEFAULT_IFNAME.into());
+        attachments.detach(&netns, &ifname).await
+    };
+    match detached.await {
+        Ok(record) => json(
+            StatusCode::OK,
+            &DetachResponse {
+                netns: record.netns,
+                ifname: record.ifname,
+                host_ifname: record.host_ifname,
+            },
+        ),
+        Err(e) => attach_error(&e),
+    }
+}
+
+async fn handle_ps(
+    attachments: Arc<Attachments>,
+    _req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match attachments.list().await {
+        Ok(attachments) => json(StatusCode::OK, &PsResponse { attachments }),
+        Err(e) => attach_error(&e),
+    }
+}
+
+fn attach_error(e: &AttachError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, e.to_string())
+}
+
+/// Reads a JSON body of type `T`; `example` shows the shape in the error.
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    example: &str,
+) -> Result<T, Response<Full<Bytes>>> {
     let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
         .collect()
         .await
@@ -245,14 +386,18 @@ async fn read_peers(req: Request<Incoming>) -> Result<Vec<PeerAddr>, Response<Fu
             ));
         }
     };
-    let request: PeersRequest = serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
-            format!(
-                "invalid request body ({e}); expected JSON like {{\"peers\": [\"192.0.2.7:6783\"]}}"
-            ),
+            format!("invalid request body ({e}); expected JSON like {example}"),
         )
-    })?;
+    })
+}
+
+/// Reads and validates a [`PeersRequest`]; all addresses must parse, or
+/// nothing is applied.
+async fn read_peers(req: Request<Incoming>) -> Result<Vec<PeerAddr>, Response<Full<Bytes>>> {
+    let request: PeersRequest = read_json(req, r#"{"peers": ["192.0.2.7:6783"]}"#).await?;
     if request.peers.is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,

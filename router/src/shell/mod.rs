@@ -3,13 +3,17 @@
 //! One task owns the [`crate::core::Router`] and is the only place protocol
 //! decisions happen ([`daemon`]). Everything else here moves bytes or files:
 //! per-connection reader and writer tasks, dial tasks, the listener, the
-//! local HTTP API ([`http_api`]) and its client ([`client`]), and the
-//! router's home directory ([`home`]).
+//! local HTTP API ([`http_api`]) and its client ([`client`]), the
+//! router's home directory ([`home`]), and the host's side of the data
+//! plane: the bridge and TAP device ([`host`]) and the network namespaces
+//! attached to the bridge ([`attach`]).
 
+pub mod attach;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;
 pub mod home;
+pub mod host;
 pub mod http_api;
 pub mod sockets;
 pub mod udp_io;

@@ -1,0 +1,660 @@
+//! The host side of the data plane: the Linux bridge containers attach to
+//! and the TAP device through which the router reads and writes their
+//! Ethernet frames.
+//!
+//! ```text
+//!  container netns        host netns
+//!  ┌────────┐         ┌──────────────────────────┐
+//!  │ ethwe ─┼─ veth ──┼─ vw… ─┐                  │
+//!  └────────┘         │       ├─ bridge `weft`   │
+//!                     │ weft-tap ┘  (STP off,    │
+//!                     │   │         fwd delay 0) │
+//!                     └───┼──────────────────────┘
+//!                         └─ SyncDevice: the router's data plane
+//! ```
+//!
+//! Everything is done over rtnetlink, never with `ip` subprocesses: errors
+//! come back as errno values we can explain, and nothing depends on which
+//! iproute2 the host has. The TAP is opened with `tun-rs` in TAP mode with
+//! `IFF_NO_PI` (frames carry no packet-information prefix) and
+//! `IFF_MULTI_QUEUE` (the data plane may open more queues with
+//! [`tun_rs::SyncDevice::try_clone`]). It is not persistent: it disappears
+//! when the last descriptor closes, so a crashed router leaves only the
+//! bridge behind, which the next [`setup`] adopts.
+
+use std::fmt;
+use std::io;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    BridgeStpState, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec};
+use tracing::{debug, info, warn};
+use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+
+use crate::core::forward::DEFAULT_OVERLAY_MTU;
+use crate::core::wire::ethernet::Mac;
+use crate::shell::attach::Cidr;
+use crate::shell::describe_io_error;
+
+/// Bridge name unless `--bridge` says otherwise.
+pub const DEFAULT_BRIDGE: &str = "weft";
+
+/// TAP device name.
+pub const DEFAULT_TAP: &str = "weft-tap";
+
+/// MTU of the bridge, the TAP and every attached interface unless `--mtu`
+/// says otherwise; see [`DEFAULT_OVERLAY_MTU`] for how it is derived.
+// The core's value is an MTU (1408 today), so the cast cannot truncate.
+pub const DEFAULT_MTU: u32 = DEFAULT_OVERLAY_MTU as u32;
+
+/// MTUs `--mtu` accepts: IPv4's minimum reassembly size up to what leaves
+/// room for encapsulation inside a 64 KiB datagram.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65000;
+
+/// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Which bridge and TAP device the daemon sets up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostConfig {
+    pub bridge: String,
+    pub tap: String,
+    pub mtu: u32,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            bridge: DEFAULT_BRIDGE.into(),
+            tap: DEFAULT_TAP.into(),
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot open a netlink socket: {}", describe_io_error(.0))]
+    Socket(io::Error),
+    #[error("cannot {action}: {}", describe_netlink(.error))]
+    Netlink {
+        action: String,
+        error: rtnetlink::Error,
+    },
+    #[error(
+        "a network interface named {name} already exists and is {}, not a bridge; remove it (`ip link delete {name}`) or pick another --bridge",
+        article(.kind)
+    )]
+    NotABridge { name: String, kind: String },
+    #[error(
+        "a network interface named {name} already exists and is {}, not a TAP device; remove it (`ip link delete {name}`)",
+        article(.kind)
+    )]
+    NotATap { name: String, kind: String },
+    #[error("cannot create TAP device {name}: {}{}", describe_io_error(.error), permission_hint(.error))]
+    Tap { name: String, error: io::Error },
+    #[error(transparent)]
+    Ifname(#[from] IfnameError),
+    #[error(
+        "invalid MTU {mtu}: pick one from {} to {} (the default is {DEFAULT_MTU})",
+        MTU_RANGE.start(),
+        MTU_RANGE.end()
+    )]
+    Mtu { mtu: u32 },
+}
+
+/// A name Linux would refuse for a network interface.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid interface name {name:?}: {why}")]
+pub struct IfnameError {
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// Checks `name` the way the kernel's `dev_valid_name` does, so a bad name
+/// is reported before anything is created.
+pub fn check_ifname(name: &str) -> Result<(), IfnameError> {
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_IFNAME_LEN {
+        "it is longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "it is reserved"
+    } else if name.contains(['/', ':']) || name.chars().any(char::is_whitespace) {
+        "it must not contain '/', ':' or spaces"
+    } else {
+        return Ok(());
+    };
+    Err(IfnameError {
+        name: name.into(),
+        why,
+    })
+}
+
+/// Checks an MTU against [`MTU_RANGE`].
+pub fn check_mtu(mtu: u32) -> Result<(), HostError> {
+    if MTU_RANGE.contains(&mtu) {
+        Ok(())
+    } else {
+        Err(HostError::Mtu { mtu })
+    }
+}
+
+/// The bridge and TAP device as set up by [`setup`].
+pub struct HostNet {
+    pub bridge: String,
+    pub tap_name: String,
+    pub mtu: u32,
+    /// Whether [`setup`] created the bridge (else it adopted one left from
+    /// an earlier run).
+    pub created_bridge: bool,
+    pub bridge_index: u32,
+    pub tap_index: u32,
+    /// The TAP device's MAC address, as the kernel reports it.
+    pub tap_mac: Mac,
+    /// The open TAP device, until the data plane takes it with
+    /// [`HostNet::take_tap`]. The device lives as long as a descriptor of
+    /// it is open, or until [`teardown`] deletes it, which wakes a thread
+    /// blocked reading it with an error (`EFAULT`).
+    pub tap: Option<SyncDevice>,
+}
+
+impl fmt::Debug for HostNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostNet")
+            .field("bridge", &self.bridge)
+            .field("tap_name", &self.tap_name)
+            .field("mtu", &self.mtu)
+            .field("created_bridge", &self.created_bridge)
+            .field("tap_mac", &self.tap_mac)
+            .field("tap_open", &self.tap.is_some())
+            .finish()
+    }
+}
+
+impl HostNet {
+    /// Hands the TAP device to its reader and writer.
+    pub fn take_tap(&mut self) -> Option<SyncDevice> {
+        self.tap.take()
+    }
+
+    /// Removes the TAP device and the bridge; see [`teardown`].
+    pub async fn teardown(mut self) -> Result<(), HostError> {
+        // Closing our descriptor removes a non-persistent TAP by itself;
+        // `teardown` also covers one the data plane still holds open.
+        drop(self.tap.take());
+        teardown(&self.bridge, &self.tap_name).await
+    }
+}
+
+/// Creates (or adopts) the bridge and creates the TAP device, enslaved to
+/// the bridge, both with MTU `mtu` and up.
+///
+/// A bridge named `bridge` left from a crashed run is adopted and
+/// reconfigured; a TAP device named `tap_name` is deleted and created
+/// afresh. Another kind of interface under either name is an error that
+/// names it. If a step fails, what this call created is removed again.
+pub async fn setup(bridge: &str, tap_name: &str, mtu: u32) -> Result<HostNet, HostError> {
+    check_ifname(bridge)?;
+    check_ifname(tap_name)?;
+    check_mtu(mtu)?;
+    let nl = Netlink::open()?;
+
+    let (bridge_index, created_bridge) = match nl.link_by_name(bridge).await? {
+        Some(link) => match link_kind(&link) {
+            Some(InfoKind::Bridge) => {
+                info!(bridge, "adopting the existing bridge");
+                (link.header.index, false)
+            }
+            kind => {
+                return Err(HostError::NotABridge {
+                    name: bridge.into(),
+                    kind: describe_kind(kind),
+                });
+            }
+        },
+        None => {
+            nl.handle
+                .link()
+                .add(LinkBridge::new(bridge).build())
+                .execute()
+                .await
+                .map_err(|error| HostError::Netlink {
+                    action: format!("create bridge {bridge}"),
+                    error,
+                })?;
+            let index = nl.index_of(bridge).await?;
+            info!(bridge, "bridge created");
+            (index, true)
+        }
+    };
+
+    let result = setup_tap(&nl, bridge, bridge_index, tap_name, mtu).await;
+    let (tap, tap_index, tap_mac) = match result {
+        Ok(tap) => tap,
+        Err(e) => {
+            if created_bridge && let Err(undo) = nl.delete_link(bridge).await {
+                warn!(bridge, error = %undo, "cannot remove the bridge after a failed setup");
+            }
+            return Err(e);
+        }
+    };
+    info!(bridge, tap = tap_name, %tap_mac, mtu, "host network ready");
+    Ok(HostNet {
+        bridge: bridge.into(),
+        tap_name: tap_name.into(),
+        mtu,
+        created_bridge,
+        bridge_index,
+        tap_index,
+        tap_mac,
+        tap: Some(tap),
+    })
+}
+
+/// Configures the bridge, then creates the TAP device and enslaves it.
+async fn setup_tap(
+    nl: &Netlink,
+    bridge: &str,
+    bridge_index: u32,
+    tap_name: &str,
+    mtu: u32,
+) -> Result<(SyncDevice, u32, Mac), HostError> {
+    // STP must be off before the forward delay can go below the 2 s the
+    // kernel insists on while STP runs; with both, a new port forwards at
+    // once instead of listening and learning for 30 s.
+    for (what, message) in [
+        (
+            "turn STP off on",
+            LinkMessageBuilder::<LinkBridge>::new(bridge)
+                .index(bridge_index)
+                .stp_state(BridgeStpState::Disabled)
+                .build(),
+        ),
+        (
+            "set the forward delay of",
+            LinkMessageBuilder::<LinkBridge>::new(bridge)
+                .index(bridge_index)
+                .forward_delay(0)
+                .build(),
+        ),
+    ] {
+        nl.handle
+            .link()
+            .change(message)
+            .execute()
+            .await
+            .map_err(|error| HostError::Netlink {
+                action: format!("{what} bridge {bridge}"),
+                error,
+            })?;
+    }
+    nl.set_link(
+        LinkUnspec::new_with_index(bridge_index).mtu(mtu).up(),
+        format!("set MTU {mtu} on bridge {bridge} and bring it up"),
+    )
+    .await?;
+
+    match nl.link_by_name(tap_name).await? {
+        Some(link) if link_kind(&link) == Some(&InfoKind::Tun) => {
+            warn!(tap = tap_name, "removing a stale TAP device");
+            nl.delete_link(tap_name).await?;
+        }
+        Some(link) => {
+            return Err(HostError::NotATap {
+                name: tap_name.into(),
+                kind: describe_kind(link_kind(&link)),
+            });
+        }
+        None => {}
+    }
+    let tap = DeviceBuilder::new()
+        .name(tap_name)
+        .layer(Layer::L2)
+        .packet_information(false)
+        .multi_queue(true)
+        .enable(false)
+        .build_sync()
+        .map_err(|error| HostError::Tap {
+            name: tap_name.into(),
+            error,
+        })?;
+    // From here on, dropping `tap` on an error removes the device again.
+    let tap_index = nl.index_of(tap_name).await?;
+    nl.set_link(
+        LinkUnspec::new_with_index(tap_index)
+            .mtu(mtu)
+            .controller(bridge_index)
+            .up(),
+        format!("attach TAP device {tap_name} to bridge {bridge}"),
+    )
+    .await?;
+    let link = nl
+        .link_by_name(tap_name)
+        .await?
+        .ok_or_else(|| HostError::Tap {
+            name: tap_name.into(),
+            error: io::Error::other("it vanished right after creation"),
+        })?;
+    let mac = link_mac(&link).unwrap_or(Mac([0; 6]));
+    debug!(tap = tap_name, index = tap_index, %mac, "TAP device created");
+    Ok((tap, tap_index, mac))
+}
+
+/// Removes the TAP device and the bridge (also an adopted one: weft owns
+/// it). What is already gone is skipped, so this can be called any number
+/// of times.
+pub async fn teardown(bridge: &str, tap_name: &str) -> Result<(), HostError> {
+    let nl = Netlink::open()?;
+    nl.delete_link(tap_name).await?;
+    nl.delete_link(bridge).await?;
+    info!(bridge, tap = tap_name, "host network removed");
+    Ok(())
+}
+
+/// Reads the MAC address of interface `name` (such as the TAP device);
+/// `None` if there is no such interface.
+pub async fn mac_address(name: &str) -> Result<Option<Mac>, HostError> {
+    let nl = Netlink::open()?;
+    Ok(nl.link_by_name(name).await?.as_ref().and_then(link_mac))
+}
+
+/// An interface as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    /// `bridge`, `tun`, `veth`...; `None` for physical and loopback ones.
+    pub kind: Option<String>,
+    pub mtu: Option<u32>,
+    pub mac: Option<Mac>,
+    /// Administratively up.
+    pub up: bool,
+    /// Index of the bridge it is enslaved to.
+    pub controller: Option<u32>,
+    /// Its addresses, link-local IPv6 ones included.
+    pub addresses: Vec<Cidr>,
+}
+
+/// Reads interface `name` in this thread's network namespace, for status
+/// and checks; `None` if there is no such interface.
+pub async fn link_state(name: &str) -> Result<Option<LinkState>, HostError> {
+    read_link_state(&Netlink::open()?, name).await
+}
+
+pub(crate) async fn read_link_state(
+    nl: &Netlink,
+    name: &str,
+) -> Result<Option<LinkState>, HostError> {
+    let Some(link) = nl.link_by_name(name).await? else {
+        return Ok(None);
+    };
+    let index = link.header.index;
+    let addresses: Vec<AddressMessage> = nl
+        .handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|error| HostError::Netlink {
+            action: format!("list the addresses of {name}"),
+            error,
+        })?;
+    Ok(Some(LinkState {
+        index,
+        kind: link_kind(&link).map(ToString::to_string),
+        mtu: link_mtu(&link),
+        mac: link_mac(&link),
+        up: link_is_up(&link),
+        controller: link_controller(&link),
+        addresses: addresses.iter().filter_map(address_of).collect(),
+    }))
+}
+
+/// An rtnetlink connection in the calling thread's network namespace
+/// (fixed when the socket is created). Its I/O runs as a task on the
+/// current tokio runtime and ends when this is dropped.
+pub(crate) struct Netlink {
+    pub(crate) handle: Handle,
+}
+
+impl Netlink {
+    pub(crate) fn open() -> Result<Self, HostError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(HostError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The interface called `name`, if there is one.
+    pub(crate) async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, HostError> {
+        let found = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await;
+        match found {
+            Ok(link) => Ok(link),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(error) => Err(HostError::Netlink {
+                action: format!("look up interface {name}"),
+                error,
+            }),
+        }
+    }
+
+    pub(crate) async fn index_of(&self, name: &str) -> Result<u32, HostError> {
+        match self.link_by_name(name).await? {
+            Some(link) => Ok(link.header.index),
+            None => Err(HostError::Netlink {
+                action: format!("find interface {name}"),
+                error: rtnetlink::Error::RequestFailed,
+            }),
+        }
+    }
+
+    pub(crate) async fn set_link(
+        &self,
+        message: LinkMessageBuilder<LinkUnspec>,
+        action: String,
+    ) -> Result<(), HostError> {
+        self.handle
+            .link()
+            .set(message.build())
+            .execute()
+            .await
+            .map_err(|error| HostError::Netlink { action, error })
+    }
+
+    /// Deletes interface `name`; one that does not exist is not an error.
+    /// Deleting either end of a veth pair removes both.
+    pub(crate) async fn delete_link(&self, name: &str) -> Result<(), HostError> {
+        let deleted = self
+            .handle
+            .link()
+            .del_with_message(LinkUnspec::new_with_name(name).build())
+            .execute()
+            .await;
+        match deleted {
+            Ok(()) => {
+                debug!(interface = name, "interface deleted");
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(error) => Err(HostError::Netlink {
+                action: format!("delete interface {name}"),
+                error,
+            }),
+        }
+    }
+}
+
+/// The errno of a netlink error answer, if it is one.
+pub(crate) fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// The link's kind (`bridge`, `tun`, `veth`...), if it has one.
+pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+pub(crate) fn link_mac(link: &LinkMessage) -> Option<Mac> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac),
+        _ => None,
+    })
+}
+
+pub(crate) fn link_mtu(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    })
+}
+
+/// The index of the bridge the link is enslaved to, if any.
+pub(crate) fn link_controller(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(index) => Some(*index),
+        _ => None,
+    })
+}
+
+/// Whether the link is administratively up.
+pub(crate) fn link_is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(LinkFlags::Up)
+}
+
+/// The address of an address message, with its prefix length.
+pub(crate) fn address_of(message: &AddressMessage) -> Option<Cidr> {
+    // For IPv4 IFA_LOCAL is the interface's own address (IFA_ADDRESS is
+    // the peer's on point-to-point links); IPv6 has only IFA_ADDRESS.
+    let local = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(addr) => Some(*addr),
+        _ => None,
+    });
+    let address = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(addr) => Some(*addr),
+        _ => None,
+    });
+    local.or(address).map(|addr| Cidr {
+        addr,
+        prefix: message.header.prefix_len,
+    })
+}
+
+fn describe_kind(kind: Option<&InfoKind>) -> String {
+    match kind {
+        Some(InfoKind::Tun) => "TUN/TAP device".into(),
+        Some(kind) => format!("{kind} interface"),
+        None => "physical or loopback interface".into(),
+    }
+}
+
+fn article(noun: &str) -> String {
+    let vowel = noun.starts_with(['a', 'e', 'i', 'o', 'u', 'A', 'E', 'I', 'O', 'U']);
+    format!("{} {noun}", if vowel { "an" } else { "a" })
+}
+
+/// An rtnetlink error as a sentence: errno answers read like `EPERM`'s
+/// "Operation not permitted", with a hint where the fix is obvious.
+pub(crate) fn describe_netlink(error: &rtnetlink::Error) -> String {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => {
+            let io = message.to_io();
+            format!("{}{}", describe_io_error(&io), permission_hint(&io))
+        }
+        rtnetlink::Error::RequestFailed => "the kernel gave no answer".into(),
+        other => other.to_string(),
+    }
+}
+
+fn permission_hint(error: &io::Error) -> &'static str {
+    if error.kind() == io::ErrorKind::PermissionDenied {
+        " (weft needs root, or CAP_NET_ADMIN, to manage network interfaces)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked_like_the_kernel_does() {
+        for ok in [
+            "weft",
+            "weft-tap",
+            "ethwe",
+            "vw0123abcd",
+            "a".repeat(15).as_str(),
+        ] {
+            check_ifname(ok).unwrap();
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("a-name-too-long-x", "longer than 15"),
+            ("..", "reserved"),
+            ("a/b", "'/'"),
+            ("a:b", "'/'"),
+            ("a b", "'/'"),
+        ] {
+            let e = check_ifname(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn mtu_bounds_are_inclusive() {
+        check_mtu(576).unwrap();
+        check_mtu(65000).unwrap();
+        check_mtu(DEFAULT_MTU).unwrap();
+        let e = check_mtu(575).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid MTU 575: pick one from 576 to 65000 (the default is 1408)"
+        );
+        check_mtu(65001).unwrap_err();
+    }
+
+    #[test]
+    fn errors_name_the_interface_and_the_fix() {
+        let e = HostError::NotABridge {
+            name: "weft".into(),
+            kind: describe_kind(Some(&InfoKind::Veth)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "a network interface named weft already exists and is a veth interface, not a bridge; remove it (`ip link delete weft`) or pick another --bridge"
+        );
+        let e = HostError::Netlink {
+            action: "create bridge weft".into(),
+            error: rtnetlink::Error::NetlinkError({
+                let mut m = rtnetlink::packet_core::ErrorMessage::default();
+                m.code = std::num::NonZeroI32::new(-libc::EPERM);
+                m
+            }),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot create bridge weft: Operation not permitted (weft needs root, or CAP_NET_ADMIN, to manage network interfaces)"
+        );
+    }
+}
