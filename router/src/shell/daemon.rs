@@ -156,8 +156,21 @@ pub async fn run(
         Some(udp) => {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
             let tap = host_net.as_mut().and_then(HostNet::take_tap);
-            let dp = DataPlane::start(router.identity().name, udp, tap, control_tx)
-                .map_err(DaemonError::DataPlane)?;
+            let dp = match DataPlane::start(router.identity().name, udp, tap, control_tx) {
+                Ok(dp) => dp,
+                Err(e) => {
+                    // Nothing half-done: stop the listeners and remove the
+                    // bridge and TAP this run created before failing.
+                    stop.cancel();
+                    api_stop.cancel();
+                    if let Some(net) = host_net
+                        && let Err(te) = net.teardown().await
+                    {
+                        warn!(error = %te, "could not remove the bridge and TAP device");
+                    }
+                    return Err(DaemonError::DataPlane(e));
+                }
+            };
             tokio::spawn(forward_udp_control(
                 control_rx,
                 events_tx.clone(),
