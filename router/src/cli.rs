@@ -763,7 +763,20 @@ pub fn format_status(st: &RouterStatus) -> String {
                     .as_ref()
                     .map(|id| format!("conn {id}"))
                     .unwrap_or_default();
-                vec![arrow.into(), c.address.clone(), peer, c.state.clone(), id]
+                let data = match &c.data_path {
+                    Some(d) if d.usable && d.pmtu_verified => format!("udp ok, pmtu {}", d.pmtu),
+                    Some(d) if d.usable => format!("udp ok, pmtu {} (unverified)", d.pmtu),
+                    Some(_) => "udp down: data avoids this link".into(),
+                    None => String::new(),
+                };
+                vec![
+                    arrow.into(),
+                    c.address.clone(),
+                    peer,
+                    c.state.clone(),
+                    data,
+                    id,
+                ]
             })
             .collect();
         out.push_str(&table(rows));
@@ -1140,7 +1153,9 @@ mod tests {
             "connections": [
                 {"peer": "7a:1f:00:9c:3e:02", "nickname": "host-b", "address": "10.9.0.2:6783",
                  "direction": "outbound", "state": "established", "conn_id": "01ab",
-                 "protocol_version": 1, "age_secs": 5},
+                 "protocol_version": 1, "age_secs": 5,
+                 "data_path": {"udp_address": "10.9.0.2:6783", "usable": true, "pmtu": 1472,
+                               "pmtu_verified": true}},
                 {"peer": null, "nickname": null, "address": "10.9.0.9:40000",
                  "direction": "inbound", "state": "handshaking", "conn_id": null,
                  "protocol_version": null, "age_secs": 0}
@@ -1181,7 +1196,7 @@ mod tests {
           Peers: 4 (3 reachable)
 
 Connections:
-  ->  10.9.0.2:6783   7a:1f:00:9c:3e:02 (host-b)  established  conn 01ab
+  ->  10.9.0.2:6783   7a:1f:00:9c:3e:02 (host-b)  established  udp ok, pmtu 1472  conn 01ab
   <-  10.9.0.9:40000  -                           handshaking
 
 Targets:
