@@ -179,7 +179,7 @@ fn change_cost_grows_sublinearly_and_initial_cost_linearly() {
 }
 
 #[test]
-#[ignore = "slow: several minutes; run with --ignored --nocapture"]
+#[ignore = "slow: ~30 CPU-minutes in the test profile; cargo test --release -p weft-tests --test sim_scaling -- --ignored --nocapture"]
 fn thousand_peers() {
     measure(1000, 7).print();
 }
