@@ -10,7 +10,7 @@ use weft_tests::sim::{Death, NetConfig, Sim, SimConfig};
 
 /// See `sim_convergence.rs`; on top, user targets may have backed off to
 /// the 30 s cap (37.5 s with jitter) while their peer was unreachable.
-const EVENTUAL_BOUND: Duration = Duration::from_secs(300);
+const EVENTUAL_BOUND: Duration = Duration::from_secs(60);
 
 #[test]
 fn the_mesh_recovers_from_random_faults() {

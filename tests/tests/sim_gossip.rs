@@ -10,7 +10,7 @@ use weft_tests::sim::{PeerId, Sim, SimConfig};
 
 const CHANNEL: &str = "sim-test";
 /// See `sim_convergence.rs`.
-const EVENTUAL_BOUND: Duration = Duration::from_secs(300);
+const EVENTUAL_BOUND: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum How {

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use weft_tests::sim::{Death, PeerId, Sim, SimConfig, connected_without};
 
 /// See `sim_convergence.rs`.
-const EVENTUAL_BOUND: Duration = Duration::from_secs(300);
+const EVENTUAL_BOUND: Duration = Duration::from_secs(60);
 /// Defaults of `RouterConfig` (checked below).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);

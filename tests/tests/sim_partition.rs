@@ -7,7 +7,7 @@ use std::time::Duration;
 use weft_tests::sim::{PeerId, Sim, SimConfig};
 
 /// See `sim_convergence.rs`.
-const EVENTUAL_BOUND: Duration = Duration::from_secs(300);
+const EVENTUAL_BOUND: Duration = Duration::from_secs(60);
 /// Defaults of `RouterConfig` and `BackoffConfig` (checked below).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);
 const GC_GRACE: Duration = Duration::from_secs(15);

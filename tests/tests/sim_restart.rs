@@ -7,7 +7,7 @@ use std::time::Duration;
 use weft_tests::sim::{Death, Sim, SimConfig};
 
 /// See `sim_convergence.rs`.
-const EVENTUAL_BOUND: Duration = Duration::from_secs(300);
+const EVENTUAL_BOUND: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_restarted_peer_is_known_everywhere_under_its_new_uid() {

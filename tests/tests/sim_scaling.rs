@@ -22,7 +22,7 @@ use weft_tests::sim::{Death, GossipTotals, Sim, SimConfig, connected_without};
 /// Time before the first periodic full state can be sent.
 const BURST: Duration = Duration::from_secs(5);
 /// See `sim_convergence.rs`: the core needs minutes on sparse random meshes.
-const EVENTUAL_BOUND: Duration = Duration::from_secs(600);
+const EVENTUAL_BOUND: Duration = Duration::from_secs(120);
 /// Lets the last redundant copies of a delta drain after convergence.
 const SETTLE: Duration = Duration::from_secs(2);
 const CUTS: usize = 3;

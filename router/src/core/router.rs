@@ -1060,7 +1060,15 @@ impl Router {
         }
     }
 
-    /// Sends plain gossip to `fanout` random neighbours other than `from`.
+    /// Sends plain gossip to every neighbour that depends on us and to
+    /// `fanout` random others, never back to `from`.
+    ///
+    /// A neighbour with at most `fanout` connections of its own (a leaf, or
+    /// a peer whose topology we have not heard yet) has few other sources:
+    /// sampled like the rest it would miss most rumours and wait for
+    /// periodic repair, which takes minutes behind a busy hub. It always
+    /// gets the delta. Each peer still sends at most its degree in messages
+    /// per change, whatever the size of the mesh.
     fn spread(
         &mut self,
         now: Instant,
@@ -1070,8 +1078,18 @@ impl Router {
         kind: GossipKind,
     ) {
         let k = gossip::fanout(self.topology.reachable_count());
-        let neighbours = self.neighbours();
-        for peer in gossip::choose_neighbours(&mut self.rng, &neighbours, from, k) {
+        let (dependent, others): (Vec<PeerName>, Vec<PeerName>) = self
+            .neighbours()
+            .into_iter()
+            .filter(|&n| Some(n) != from)
+            .partition(|&n| {
+                let degree = self.topology.get(n).map_or(0, |e| {
+                    e.connections.iter().filter(|c| c.established()).count()
+                });
+                degree <= k
+            });
+        let sampled = gossip::choose_neighbours(&mut self.rng, &others, None, k);
+        for peer in dependent.into_iter().chain(sampled) {
             self.send_to_peer(now, peer, msg, channel, kind);
         }
     }
