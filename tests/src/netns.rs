@@ -10,14 +10,24 @@
 //! routers, deletes the namespaces and the temporary directory — also when a
 //! test panics.
 //!
+//! For the data plane, [`Net::attach`] adds a "container": one more
+//! namespace, joined to a host's `weft` bridge by `weft attach` run in that
+//! host. Commands run inside any of these namespaces with [`Net::exec`], or
+//! in the background with [`Net::spawn`]; [`traffic`] is the helper they
+//! usually run. Teardown kills whatever is left in every namespace before
+//! deleting it, so bridges, TAPs, veths and nftables rules go with them.
+//!
 //! Everything here needs root, `ip` (iproute2) and `nft` (nftables);
 //! [`Net::new`] fails with a message saying so rather than skipping.
 
+pub mod traffic;
+
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -54,10 +64,27 @@ pub struct Host {
     pub home: PathBuf,
 }
 
+/// A "container": a namespace whose `ethwe` interface is a veth from a
+/// host's weft bridge, made by `weft attach`.
+#[derive(Clone, Debug)]
+pub struct Container {
+    /// The short name the test uses.
+    pub name: String,
+    /// The network namespace.
+    pub ns: String,
+    /// The host whose bridge it is attached to.
+    pub host: String,
+    /// Its overlay address (the first of the CIDRs it was attached with).
+    pub addr: Ipv4Addr,
+}
+
 /// A test topology; dropping it tears everything down.
 pub struct Net {
+    /// Starts every namespace name of this topology.
+    prefix: String,
     switch_ns: String,
     hosts: BTreeMap<String, Host>,
+    containers: BTreeMap<String, Container>,
     /// Namespaces created so far, for teardown even if setup fails halfway.
     namespaces: Vec<String>,
     tmp: PathBuf,
@@ -82,8 +109,10 @@ impl Net {
         fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
 
         let mut net = Net {
+            prefix: prefix.clone(),
             switch_ns: format!("{prefix}-sw"),
             hosts: BTreeMap::new(),
+            containers: BTreeMap::new(),
             namespaces: Vec::new(),
             tmp,
             weft,
@@ -102,14 +131,7 @@ impl Net {
         ip(&format!("-n {sw} link add br0 type bridge"))?;
         ip(&format!("-n {sw} link set br0 up"))?;
         for (i, &name) in hosts.iter().enumerate() {
-            ensure!(
-                !name.is_empty()
-                    && name.len() <= 8
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
-                "host name {name:?} must be 1-8 characters of [a-z0-9]"
-            );
+            check_short_name(name)?;
             ensure!(!self.hosts.contains_key(name), "host {name} given twice");
             let ns = format!("{prefix}-{name}");
             self.add_namespace(&ns)?;
@@ -140,6 +162,138 @@ impl Net {
         ip(&format!("netns add {ns}"))?;
         self.namespaces.push(ns.to_string());
         ip(&format!("-n {ns} link set lo up"))
+    }
+
+    /// Adds container `name` to host `host`: creates its namespace, then
+    /// runs `weft attach --netns NS CIDR...` in the host, which needs the
+    /// host's router running. Container names follow the host-name rules
+    /// and must differ from every host's.
+    pub fn attach(&mut self, host: &str, name: &str, cidrs: &[&str]) -> Result<()> {
+        check_short_name(name)?;
+        ensure!(
+            !self.hosts.contains_key(name) && !self.containers.contains_key(name),
+            "name {name} is already used in this topology"
+        );
+        let first = cidrs.first().context("attach needs at least one CIDR")?;
+        let addr: Ipv4Addr = first
+            .split_once('/')
+            .map_or(*first, |(a, _)| a)
+            .parse()
+            .with_context(|| format!("{first:?} is not an IPv4 CIDR"))?;
+        let ns = format!("{}-{name}", self.prefix);
+        self.add_namespace(&ns)?;
+        let mut args = vec!["attach", "--netns", &ns];
+        args.extend_from_slice(cidrs);
+        let out = self.weft(host, &args)?;
+        ensure!(
+            out.status.success(),
+            "`weft {}` on host {host} failed ({}):\n{}{}\nlog:\n{}",
+            args.join(" "),
+            out.status,
+            out.stdout,
+            out.stderr,
+            self.log_tail(host, 40)
+        );
+        self.containers.insert(
+            name.to_string(),
+            Container {
+                name: name.to_string(),
+                ns,
+                host: host.to_string(),
+                addr,
+            },
+        );
+        Ok(())
+    }
+
+    /// The container called `name`; panics if there is none (a bug in the
+    /// test).
+    pub fn container(&self, name: &str) -> &Container {
+        self.containers
+            .get(name)
+            .unwrap_or_else(|| panic!("no container {name} in this topology"))
+    }
+
+    /// All containers, ordered by name.
+    pub fn containers(&self) -> impl Iterator<Item = &Container> {
+        self.containers.values()
+    }
+
+    /// The namespace of host or container `name`.
+    pub fn ns(&self, name: &str) -> &str {
+        match (self.hosts.get(name), self.containers.get(name)) {
+            (Some(h), _) => &h.ns,
+            (_, Some(c)) => &c.ns,
+            _ => panic!("no host or container {name} in this topology"),
+        }
+    }
+
+    /// Runs `program args` in the namespace of host or container `name`
+    /// and waits for it, killing it after `timeout`.
+    pub fn exec<S: AsRef<OsStr>>(
+        &self,
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[S],
+        timeout: Duration,
+    ) -> Result<Output> {
+        run(self.ns_command(name, program, args), &self.tmp, timeout)
+    }
+
+    /// Like [`Net::exec`] but fails, with the output, unless the command
+    /// exits successfully.
+    pub fn exec_ok<S: AsRef<OsStr>>(
+        &self,
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[S],
+        timeout: Duration,
+    ) -> Result<Output> {
+        let cmd = self.ns_command(name, program, args);
+        let desc = describe(&cmd);
+        let out = run(cmd, &self.tmp, timeout)?;
+        ensure!(
+            out.status.success(),
+            "{desc} in {name} failed ({}):\n{}{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        Ok(out)
+    }
+
+    /// Starts `program args` in the namespace of host or container `name`
+    /// without waiting; the returned handle kills it when dropped.
+    pub fn spawn<S: AsRef<OsStr>>(
+        &self,
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[S],
+    ) -> Result<Background> {
+        Background::start(self.ns_command(name, program, args), &self.tmp)
+    }
+
+    fn ns_command<S: AsRef<OsStr>>(
+        &self,
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[S],
+    ) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns(name)])
+            .arg(program)
+            .args(args);
+        cmd
+    }
+
+    /// Sets the MTU of host `name`'s underlay link, both ends.
+    pub fn set_underlay_mtu(&self, name: &str, mtu: u32) -> Result<()> {
+        let ns = &self.host(name).ns;
+        ip(&format!("-n {ns} link set eth0 mtu {mtu}"))?;
+        ip(&format!(
+            "-n {} link set p-{name} mtu {mtu}",
+            self.switch_ns
+        ))
     }
 
     /// The host called `name`; panics if there is none (a bug in the test).
@@ -315,8 +469,56 @@ impl Net {
                 status.trim_end(),
                 self.log_tail(&h.name, 30)
             ));
+            if !self.containers.is_empty() {
+                s.push_str(&format!(
+                    "--- data paths ---\n{}\n--- links ---\n{}\n",
+                    self.data_paths(&h.name),
+                    self.command_text(&h.name, "ip", &["-d", "-br", "link"])
+                ));
+            }
+        }
+        for c in self.containers.values() {
+            s.push_str(&format!(
+                "===== container {} ({}, on {}) =====\n{}\n{}\n",
+                c.name,
+                c.ns,
+                c.host,
+                self.command_text(&c.name, "ip", &["-br", "addr"]),
+                self.command_text(&c.name, "ip", &["neigh"])
+            ));
         }
         s
+    }
+
+    /// Each connection's data path in host `name`'s `weft report`, one line
+    /// each.
+    fn data_paths(&self, name: &str) -> String {
+        match self.report(name) {
+            Ok(r) => {
+                r.0.connections
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} {}: {:?}",
+                            c.nickname.as_deref().unwrap_or("?"),
+                            c.address,
+                            c.state,
+                            c.data_path
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            Err(e) => format!("(weft report failed: {e:#})"),
+        }
+    }
+
+    /// What a diagnostic command printed, or why it failed.
+    fn command_text(&self, name: &str, program: &str, args: &[&str]) -> String {
+        match self.exec(name, program, args, Duration::from_secs(5)) {
+            Ok(o) => format!("{}{}", o.stdout, o.stderr).trim_end().to_string(),
+            Err(e) => format!("({program} failed: {e:#})"),
+        }
     }
 
     /// Polls `pred` every 200 ms until it returns true or `timeout` passes;
@@ -442,15 +644,8 @@ pub struct Output {
 /// Runs `cmd` with stdout and stderr going to files in `dir`, killing it
 /// after `timeout`. Files rather than pipes because `weft launch` leaves a
 /// daemon behind that could inherit a pipe and keep it open forever.
-pub fn run(mut cmd: Command, dir: &Path, timeout: Duration) -> Result<Output> {
-    let n = COMMAND_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let out_path = dir.join(format!(".cmd{n}.out"));
-    let err_path = dir.join(format!(".cmd{n}.err"));
-    let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(File::create(&out_path).with_context(|| out_path.display().to_string())?)
-        .stderr(File::create(&err_path).with_context(|| err_path.display().to_string())?);
-    let mut child = cmd.spawn().with_context(|| format!("starting {desc}"))?;
+pub fn run(cmd: Command, dir: &Path, timeout: Duration) -> Result<Output> {
+    let (mut child, desc, out_path, err_path) = start(cmd, dir)?;
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -472,6 +667,145 @@ pub fn run(mut cmd: Command, dir: &Path, timeout: Duration) -> Result<Output> {
         stdout,
         stderr,
     })
+}
+
+/// Spawns `cmd` with stdin from /dev/null and stdout and stderr going to
+/// fresh files in `dir`; returns the child, a description and the paths.
+fn start(mut cmd: Command, dir: &Path) -> Result<(Child, String, PathBuf, PathBuf)> {
+    let n = COMMAND_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let out_path = dir.join(format!(".cmd{n}.out"));
+    let err_path = dir.join(format!(".cmd{n}.err"));
+    let desc = describe(&cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&out_path).with_context(|| out_path.display().to_string())?)
+        .stderr(File::create(&err_path).with_context(|| err_path.display().to_string())?);
+    let child = cmd.spawn().with_context(|| format!("starting {desc}"))?;
+    Ok((child, desc, out_path, err_path))
+}
+
+/// `cmd` as a shell-like line, for messages.
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A command running in the background (see [`Net::spawn`]). Dropping it
+/// kills the command.
+pub struct Background {
+    child: Child,
+    desc: String,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl Background {
+    fn start(cmd: Command, dir: &Path) -> Result<Background> {
+        let (child, desc, out_path, err_path) = start(cmd, dir)?;
+        Ok(Background {
+            child,
+            desc,
+            out_path,
+            err_path,
+        })
+    }
+
+    /// What the command printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    /// What the command printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.err_path).unwrap_or_default()
+    }
+
+    /// Waits until the command prints a stdout line equal to `line` (a
+    /// server saying it is listening); fails if it exits first.
+    pub fn wait_for_line(&mut self, line: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.stdout().lines().any(|l| l == line) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before printing {line:?}:\n{}{}",
+                    self.desc,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            ensure!(
+                start.elapsed() < timeout,
+                "{} did not print {line:?} within {timeout:?}:\n{}{}",
+                self.desc,
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the command to exit by itself; kills it and fails after
+    /// `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> Result<Output> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "{} did not finish within {timeout:?}:\n{}{}",
+                    self.desc,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Output {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        })
+    }
+
+    /// Kills the command and returns what it printed.
+    pub fn stop(mut self) -> Output {
+        let _ = self.child.kill();
+        let status = self.child.wait();
+        Output {
+            status: status.unwrap_or_else(|_| ExitStatus::default()),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+
+    /// The process id of the command.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The command line, for messages.
+    pub fn description(&self) -> &str {
+        &self.desc
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the program, so this is the program itself.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.out_path);
+        let _ = fs::remove_file(&self.err_path);
+    }
 }
 
 /// Polls `pred` every 200 ms until it returns true or `timeout` passes.
@@ -502,6 +836,38 @@ pub fn wait_until(
     }
 }
 
+/// Host and container names: short, since they appear in interface and
+/// namespace names.
+fn check_short_name(name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty()
+            && name.len() <= 8
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "name {name:?} must be 1-8 characters of [a-z0-9]"
+    );
+    Ok(())
+}
+
+/// Fails, naming the package to install, unless every `(tool, argument,
+/// package)` runs successfully with that argument.
+pub fn check_tools(tools: &[(&str, &str, &str)]) -> Result<()> {
+    for &(tool, arg, package) in tools {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ensure!(
+            ok,
+            "weft system tests need `{tool}`; install it with `apt-get install -y {package}`"
+        );
+    }
+    Ok(())
+}
+
 /// Fails, saying what to do, unless we are root and `ip` and `nft` work.
 pub fn check_prerequisites() -> Result<()> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
@@ -515,19 +881,7 @@ pub fn check_prerequisites() -> Result<()> {
         "weft system tests create network namespaces and must run as root \
          (effective uid is {euid}); run them with sudo or as root"
     );
-    for (tool, arg, package) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ensure!(
-            ok,
-            "weft system tests need `{tool}`; install it with `apt-get install -y {package}`"
-        );
-    }
-    Ok(())
+    check_tools(&[("ip", "-V", "iproute2"), ("nft", "--version", "nftables")])
 }
 
 /// Builds the `weft` binary once per process and returns its path.
