@@ -439,6 +439,17 @@ mod tests {
         f
     }
 
+    /// An empty frames datagram from router 1 to router 3, hop limit 5.
+    fn frames_to_3(limit: usize) -> FramesBuilder {
+        let header = Header {
+            kind: Kind::Frames,
+            hop_limit: 5,
+            src: n(1),
+            dst: Some(n(3)),
+        };
+        FramesBuilder::new(header, limit)
+    }
+
     const M1: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const M3: [u8; 6] = [2, 0, 0, 0, 0, 3];
 
@@ -511,15 +522,7 @@ mod tests {
     fn relays_forward_without_delivering_and_decrement_the_hop_limit() {
         let mut f = Forwarder::new(n(2));
         f.set_routes(Instant::now(), line(2));
-        let mut b = FramesBuilder::new(
-            Header {
-                kind: Kind::Frames,
-                hop_limit: 5,
-                src: n(1),
-                dst: Some(n(3)),
-            },
-            1400,
-        );
+        let mut b = frames_to_3(1400);
         b.push(&eth(M3, M1, 60));
         let mut d = b.bytes().to_vec();
         let v = f.from_mesh(n(1), &mut d).unwrap();
@@ -689,15 +692,7 @@ mod tests {
 
     #[test]
     fn resplit_fits_a_smaller_next_hop() {
-        let mut b = FramesBuilder::new(
-            Header {
-                kind: Kind::Frames,
-                hop_limit: 5,
-                src: n(1),
-                dst: Some(n(3)),
-            },
-            1400,
-        );
+        let mut b = frames_to_3(1400);
         for _ in 0..4 {
             b.push(&eth(M3, M1, 300));
         }

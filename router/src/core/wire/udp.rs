@@ -225,6 +225,17 @@ impl FramesBuilder {
     }
 }
 
+/// The header of a control datagram between direct neighbours (hop limit 1).
+fn neighbour_header(kind: Kind, src: PeerName, dst: PeerName) -> [u8; HEADER_LEN] {
+    Header {
+        kind,
+        hop_limit: 1,
+        src,
+        dst: Some(dst),
+    }
+    .to_bytes()
+}
+
 /// Encodes a heartbeat datagram.
 pub fn heartbeat(
     src: PeerName,
@@ -233,15 +244,7 @@ pub fn heartbeat(
     hears_you: bool,
 ) -> [u8; HEADER_LEN + 9] {
     let mut out = [0u8; HEADER_LEN + 9];
-    let mut h = [0u8; HEADER_LEN];
-    Header {
-        kind: Kind::Heartbeat,
-        hop_limit: 1,
-        src,
-        dst: Some(dst),
-    }
-    .emit(&mut h);
-    out[..HEADER_LEN].copy_from_slice(&h);
+    out[..HEADER_LEN].copy_from_slice(&neighbour_header(Kind::Heartbeat, src, dst));
     out[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&conn_id.to_be_bytes());
     out[HEADER_LEN + 8] = u8::from(hears_you);
     out
@@ -263,15 +266,7 @@ pub fn parse_heartbeat(body: &[u8]) -> Result<(u64, bool), WireError> {
 /// Encodes a PMTU probe whose UDP payload is exactly `size` bytes.
 pub fn pmtu_probe(src: PeerName, dst: PeerName, id: u32, size: usize) -> Vec<u8> {
     let mut out = vec![0u8; size.max(HEADER_LEN + 4)];
-    let mut h = [0u8; HEADER_LEN];
-    Header {
-        kind: Kind::PmtuProbe,
-        hop_limit: 1,
-        src,
-        dst: Some(dst),
-    }
-    .emit(&mut h);
-    out[..HEADER_LEN].copy_from_slice(&h);
+    out[..HEADER_LEN].copy_from_slice(&neighbour_header(Kind::PmtuProbe, src, dst));
     out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&id.to_be_bytes());
     out
 }
@@ -291,15 +286,7 @@ pub fn parse_pmtu_probe(body: &[u8]) -> Result<u32, WireError> {
 /// Encodes the ack for a probe of `size` bytes.
 pub fn pmtu_ack(src: PeerName, dst: PeerName, id: u32, size: u16) -> [u8; HEADER_LEN + 6] {
     let mut out = [0u8; HEADER_LEN + 6];
-    let mut h = [0u8; HEADER_LEN];
-    Header {
-        kind: Kind::PmtuAck,
-        hop_limit: 1,
-        src,
-        dst: Some(dst),
-    }
-    .emit(&mut h);
-    out[..HEADER_LEN].copy_from_slice(&h);
+    out[..HEADER_LEN].copy_from_slice(&neighbour_header(Kind::PmtuAck, src, dst));
     out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&id.to_be_bytes());
     out[HEADER_LEN + 4..].copy_from_slice(&size.to_be_bytes());
     out
