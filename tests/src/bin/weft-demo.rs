@@ -8,8 +8,11 @@
 //! reach each other (nftables drops their traffic). Each router is launched
 //! knowing only its predecessor in the line amber–blue–coral–dusk–ember;
 //! discovery then connects everyone directly except the cut pair, who reach
-//! each other through a relay. The demo prints every router's
-//! `weft status`, then tears everything down — also on Ctrl-C or error.
+//! each other through a relay. A container (another namespace, attached to
+//! the host's bridge with `weft attach`) on amber then pings one on ember:
+//! the frames cross the mesh through the relay. The demo prints every
+//! router's `weft status` and the ping, then tears everything down — also
+//! on Ctrl-C or error.
 //! With `--hold` it waits for Ctrl-C before tearing down, so you can look
 //! around with `ip netns exec <namespace> weft status`.
 //!
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
 
 fn run(hold: bool) -> Result<()> {
     step("building weft and creating five network namespaces on one segment");
-    let net = Net::new(&HOSTS)?;
+    let mut net = Net::new(&HOSTS)?;
     println!("   weft binary: {}", net.weft_path().display());
     for h in net.hosts() {
         println!("   {:<6} namespace {:<18} address {}", h.name, h.ns, h.addr);
@@ -98,6 +101,29 @@ fn run(hold: bool) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", net.diagnostics()))?;
     println!("   converged in {:.1?}", start.elapsed());
 
+    step("waiting until UDP works both ways on every connection (data paths up)");
+    let start = Instant::now();
+    wait(Duration::from_secs(30), || {
+        for h in net.hosts() {
+            let r = net.report(&h.name)?;
+            let up = r.0.connections.iter().all(|c| {
+                c.state != "established"
+                    || c.data_path
+                        .as_ref()
+                        .is_some_and(|d| d.usable && d.pmtu_verified)
+            });
+            if !up {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", net.diagnostics()))?;
+    println!(
+        "   data paths up, path MTUs verified, in {:.1?}",
+        start.elapsed()
+    );
+
     for h in net.hosts() {
         step(&format!("weft status on {} (namespace {})", h.name, h.ns));
         print!("{}", net.status_text(&h.name)?);
@@ -111,6 +137,45 @@ fn run(hold: bool) -> Result<()> {
         "{} and {} cannot talk directly, so {} relays: {} -> {} -> {}",
         CUT.0, CUT.1, via, CUT.0, via, CUT.1
     ));
+
+    let (from, to) = (
+        ("apple", CUT.0, "10.40.0.1/24"),
+        ("eel", CUT.1, "10.40.0.5/24"),
+    );
+    step(&format!(
+        "attaching container {} to {} ({}) and container {} to {} ({})",
+        from.0, from.1, from.2, to.0, to.1, to.2
+    ));
+    net.attach(from.1, from.0, &[from.2])?;
+    net.attach(to.1, to.0, &[to.2])?;
+    check_interrupt()?;
+
+    step(&format!(
+        "{} pings {}: every frame crosses the mesh via {}",
+        from.0, to.0, via
+    ));
+    let target = to.2.split('/').next().unwrap_or(to.2);
+    let out = net
+        .exec_ok(
+            from.0,
+            "ping",
+            &["-c", "5", "-i", "0.2", "-W", "2", target],
+            Duration::from_secs(20),
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", net.diagnostics()))?;
+    print!("{}", out.stdout);
+    let relay = net.report(via)?;
+    println!(
+        "   {} relayed {} datagrams between {} and {} without reading the frames inside",
+        via,
+        relay
+            .0
+            .data_plane
+            .as_ref()
+            .map_or(0, |d| d.datagrams_relayed),
+        CUT.0,
+        CUT.1
+    );
 
     if hold {
         step("holding the mesh; press Ctrl-C to tear it down");
