@@ -78,13 +78,12 @@ pub enum TapVerdict {
     Flood,
 }
 
-/// What to do with a datagram from the mesh.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What to do with a datagram from the mesh; the neighbours to forward it
+/// to go into a caller-owned buffer, so relaying allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MeshVerdict {
     /// Deliver its frames to our TAP.
     pub deliver: bool,
-    /// Forward the (hop-limit-decremented) datagram to these neighbours.
-    pub forward_to: Vec<PeerName>,
     pub origin: PeerName,
 }
 
@@ -175,13 +174,16 @@ impl Forwarder {
         self.routes.broadcast_next_hops(origin)
     }
 
-    /// Examines a frames datagram received from neighbour `from`, decrementing
-    /// its hop limit in place when it must be forwarded.
+    /// Examines a frames datagram received from neighbour `from`. The
+    /// neighbours to forward it to are written to `forward_to` (cleared
+    /// first), and its hop limit is decremented in place when there are any.
     pub fn from_mesh(
         &mut self,
         from: PeerName,
         datagram: &mut [u8],
+        forward_to: &mut Vec<PeerName>,
     ) -> Result<MeshVerdict, DropReason> {
+        forward_to.clear();
         let header = match Header::parse(datagram) {
             Ok(h) if h.kind == Kind::Frames => h,
             _ => {
@@ -195,13 +197,12 @@ impl Forwarder {
         }
         let mut verdict = MeshVerdict {
             deliver: false,
-            forward_to: Vec::new(),
             origin: header.src,
         };
         match header.dst {
             Some(d) if d == self.local => verdict.deliver = true,
             Some(d) => match self.routes.next_hop(d) {
-                Some(h) if h != from => verdict.forward_to.push(h),
+                Some(h) if h != from => forward_to.push(h),
                 _ => {
                     self.stats.drop(DropReason::NoRoute);
                     return Err(DropReason::NoRoute);
@@ -210,19 +211,19 @@ impl Forwarder {
             None => {
                 verdict.deliver = true;
                 let src = header.src;
-                verdict.forward_to = self
-                    .routes
-                    .broadcast_next_hops(src)
-                    .iter()
-                    .copied()
-                    .filter(|&h| h != from && h != src)
-                    .collect();
+                forward_to.extend(
+                    self.routes
+                        .broadcast_next_hops(src)
+                        .iter()
+                        .copied()
+                        .filter(|&h| h != from && h != src),
+                );
             }
         }
-        if !verdict.forward_to.is_empty() {
+        if !forward_to.is_empty() {
             if header.hop_limit <= 1 {
                 self.stats.drop(DropReason::HopLimit);
-                verdict.forward_to.clear();
+                forward_to.clear();
                 if !verdict.deliver {
                     return Err(DropReason::HopLimit);
                 }
@@ -289,7 +290,9 @@ pub trait Sink {
 #[derive(Debug, Default)]
 pub struct Batcher {
     open: HashMap<Destination, (Vec<PeerName>, FramesBuilder)>,
-    spare: Vec<FramesBuilder>,
+    /// Builders and next-hop lists of sent datagrams, reused so that the
+    /// steady state allocates nothing per frame.
+    spare: Vec<(Vec<PeerName>, FramesBuilder)>,
 }
 
 impl Batcher {
@@ -322,7 +325,7 @@ impl Batcher {
             }
             if let Some((hops, b)) = self.open.remove(&dest) {
                 sink.datagram(&hops, b.bytes());
-                self.spare.push(b);
+                self.spare.push((hops, b));
             }
         }
         let header = Header {
@@ -334,17 +337,19 @@ impl Batcher {
                 Destination::Everyone => None,
             },
         };
-        let mut b = match self.spare.pop() {
-            Some(mut b) => {
+        let (mut hops, mut b) = match self.spare.pop() {
+            Some((mut hops, mut b)) => {
+                hops.clear();
                 b.reset(header, limit);
-                b
+                (hops, b)
             }
-            None => FramesBuilder::new(header, limit),
+            None => (Vec::new(), FramesBuilder::new(header, limit)),
         };
+        hops.extend_from_slice(next_hops);
         if b.push(frame) {
             fwd.stats.frames_sent += 1;
         }
-        self.open.insert(dest, (next_hops.to_vec(), b));
+        self.open.insert(dest, (hops, b));
     }
 
     /// Sends every partly filled datagram. Call at the end of a read batch.
@@ -353,7 +358,7 @@ impl Batcher {
             if b.frame_count() > 0 {
                 sink.datagram(&hops, b.bytes());
             }
-            self.spare.push(b);
+            self.spare.push((hops, b));
         }
     }
 
@@ -525,18 +530,22 @@ mod tests {
         let mut b = frames_to_3(1400);
         b.push(&eth(M3, M1, 60));
         let mut d = b.bytes().to_vec();
-        let v = f.from_mesh(n(1), &mut d).unwrap();
+        let mut hops = Vec::new();
+        let v = f.from_mesh(n(1), &mut d, &mut hops).unwrap();
         assert_eq!(
             v,
             MeshVerdict {
                 deliver: false,
-                forward_to: vec![n(3)],
                 origin: n(1)
             }
         );
+        assert_eq!(hops, vec![n(3)]);
         assert_eq!(d[2], 4);
         d[2] = 1;
-        assert_eq!(f.from_mesh(n(1), &mut d), Err(DropReason::HopLimit));
+        assert_eq!(
+            f.from_mesh(n(1), &mut d, &mut hops),
+            Err(DropReason::HopLimit)
+        );
         // a datagram for an unknown router has no route
         let mut u = Header {
             kind: Kind::Frames,
@@ -546,7 +555,10 @@ mod tests {
         }
         .to_bytes()
         .to_vec();
-        assert_eq!(f.from_mesh(n(1), &mut u), Err(DropReason::NoRoute));
+        assert_eq!(
+            f.from_mesh(n(1), &mut u, &mut hops),
+            Err(DropReason::NoRoute)
+        );
     }
 
     #[test]
@@ -561,13 +573,14 @@ mod tests {
         }
         .to_bytes()
         .to_vec();
-        let v = f.from_mesh(n(1), &mut d).unwrap();
+        let mut hops = Vec::new();
+        let v = f.from_mesh(n(1), &mut d, &mut hops).unwrap();
         assert!(v.deliver);
-        assert_eq!(v.forward_to, vec![n(3)]);
+        assert_eq!(hops, vec![n(3)]);
         let mut leaf = Forwarder::new(n(3));
         leaf.set_routes(Instant::now(), line(3));
-        let v = leaf.from_mesh(n(2), &mut d).unwrap();
-        assert!(v.deliver && v.forward_to.is_empty());
+        let v = leaf.from_mesh(n(2), &mut d, &mut hops).unwrap();
+        assert!(v.deliver && hops.is_empty());
     }
 
     #[test]

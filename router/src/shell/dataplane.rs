@@ -358,6 +358,7 @@ fn udp_loop(shared: &Shared) {
     let mut batch = RecvBatch::default();
     let mut send = SendBatch::default();
     let mut report = SendReport::default();
+    let mut hops: Vec<PeerName> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match udp_io::recv_batch(&shared.udp, &mut batch) {
             Ok(n) => n,
@@ -390,7 +391,7 @@ fn udp_loop(shared: &Shared) {
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let Ok(verdict) = fwd.from_mesh(from, datagram) else {
+            let Ok(verdict) = fwd.from_mesh(from, datagram, &mut hops) else {
                 continue;
             };
             if verdict.deliver {
@@ -401,7 +402,7 @@ fn udp_loop(shared: &Shared) {
                     }
                 }
             }
-            for hop in &verdict.forward_to {
+            for hop in &hops {
                 let Some(path) = neighbours.by_name.get(hop) else {
                     continue;
                 };
