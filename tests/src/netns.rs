@@ -1018,14 +1018,22 @@ fn read_pid(home: &Path) -> Option<u32> {
 }
 
 /// Whether `pid` exists and is not a zombie.
+/// Whether any thread of `pid` is still running. After SIGKILL the
+/// thread-group leader can be a zombie while other threads (weft's data
+/// plane) are still exiting and holding the process's files, its home lock
+/// among them, so every thread is checked.
 fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+    let running = |stat_path: &Path| match fs::read_to_string(stat_path) {
         // The state follows the parenthesised command name.
         Ok(stat) => stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    };
+    match fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.flatten().any(|t| running(&t.path().join("stat"))),
+        Err(_) => running(Path::new(&format!("/proc/{pid}/stat"))),
     }
 }
 

@@ -17,6 +17,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::core::identity::{IdentityError, PeerName};
+
+/// How long opening a home waits for a previous router's lock to go.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::core::wire::addr::PeerAddr;
 use crate::shell::describe_io_error;
 
@@ -83,7 +86,18 @@ impl Home {
                 path: lock_path.clone(),
                 error,
             })?;
-        match lock.try_lock() {
+        // A router that was just stopped or killed releases the lock when
+        // its last thread exits, a few milliseconds later; `kill -9` then
+        // `weft launch` must not fail on that.
+        let deadline = std::time::Instant::now() + LOCK_GRACE;
+        let mut attempt = lock.try_lock();
+        while matches!(attempt, Err(TryLockError::WouldBlock))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            attempt = lock.try_lock();
+        }
+        match attempt {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let pid = fs::read_to_string(dir.join(PID_FILE))
