@@ -1018,6 +1018,27 @@ fn read_pid(home: &Path) -> Option<u32> {
 }
 
 /// Whether `pid` exists and is not a zombie.
+/// Checks that a torn-down topology left nothing behind: none of
+/// `namespaces` is listed by `ip netns`, no thread of `pids` runs, and
+/// `tmp` is gone. For the cleanup-on-panic tests.
+pub fn check_nothing_left(namespaces: &[String], pids: &[u32], tmp: &Path) -> Result<()> {
+    let listed = Command::new("ip").args(["netns", "list"]).output()?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for ns in namespaces {
+        ensure!(
+            !listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns.as_str())),
+            "namespace {ns} survived the panic"
+        );
+    }
+    for &pid in pids {
+        ensure!(!alive(pid), "pid {pid} survived the panic");
+    }
+    ensure!(!tmp.exists(), "{} survived the panic", tmp.display());
+    Ok(())
+}
+
 /// Whether any thread of `pid` is still running. After SIGKILL the
 /// thread-group leader can be a zombie while other threads (weft's data
 /// plane) are still exiting and holding the process's files, its home lock

@@ -24,13 +24,12 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use weft_tests::netns::{Net, Output, Report, check_tools, traffic::unix_ms};
+use weft_tests::netns::{Net, Output, Report, check_nothing_left, check_tools, traffic::unix_ms};
 
 /// Faster failure detection than the defaults keeps the tests short, with
 /// margin for a loaded CI machine.
@@ -853,23 +852,5 @@ fn teardown_on_panic_removes_containers_and_their_processes() -> Result<()> {
         "expected switch, 2 hosts, 2 containers: {namespaces:?}"
     );
 
-    let listed = Command::new("ip").args(["netns", "list"]).output()?;
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    for ns in &namespaces {
-        ensure!(
-            !listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(ns)),
-            "namespace {ns} survived the panic"
-        );
-    }
-    for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        ensure!(
-            stat.is_empty() || stat.contains(") Z"),
-            "pid {pid} survived the panic: {stat}"
-        );
-    }
-    ensure!(!tmp.exists(), "{} survived the panic", tmp.display());
-    Ok(())
+    check_nothing_left(&namespaces, &pids, &tmp)
 }

@@ -12,12 +12,11 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use weft_tests::netns::{Net, Report};
+use weft_tests::netns::{Net, Report, check_nothing_left};
 
 /// Faster failure detection than the defaults (1 s / 4 s) keeps the tests
 /// short, with margin for a loaded CI machine.
@@ -240,21 +239,5 @@ fn teardown_on_panic_stops_routers_and_removes_namespaces() -> Result<()> {
     ensure!(result.is_err(), "the closure should have panicked");
     let (namespaces, pid, tmp) = left.context("the topology was never built")?;
 
-    let listed = Command::new("ip").args(["netns", "list"]).output()?;
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    for ns in &namespaces {
-        ensure!(
-            !listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(ns)),
-            "namespace {ns} survived the panic"
-        );
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    ensure!(
-        stat.is_empty() || stat.contains(") Z"),
-        "router pid {pid} survived the panic: {stat}"
-    );
-    ensure!(!tmp.exists(), "{} survived the panic", tmp.display());
-    Ok(())
+    check_nothing_left(&namespaces, &[pid], &tmp)
 }
