@@ -47,6 +47,22 @@ pub enum DropReason {
     Looped,
 }
 
+impl DropReason {
+    /// The reason's name in `weft report` (`dropped` keys) and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::LinkLocal => "link_local",
+            DropReason::LocalDestination => "local_destination",
+            DropReason::NoRoute => "no_route",
+            DropReason::HopLimit => "hop_limit",
+            DropReason::Malformed => "malformed",
+            DropReason::TooBig => "too_big",
+            DropReason::Looped => "looped",
+        }
+    }
+}
+
 /// Counters for `weft status` and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ForwardStats {
@@ -470,6 +486,22 @@ mod tests {
         }
         fn to_tap(&mut self, frame: &[u8]) {
             self.tap.push(frame.to_vec());
+        }
+    }
+
+    #[test]
+    fn drop_reason_names_match_their_serde_names() {
+        for r in [
+            DropReason::Runt,
+            DropReason::LinkLocal,
+            DropReason::LocalDestination,
+            DropReason::NoRoute,
+            DropReason::HopLimit,
+            DropReason::Malformed,
+            DropReason::TooBig,
+            DropReason::Looped,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
     }
 

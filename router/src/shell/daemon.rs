@@ -399,7 +399,7 @@ impl RouterTask {
         match request {
             ApiRequest::Status(reply) => {
                 let mut status = self.router.status(now);
-                status.data_plane = self.data_plane.as_ref().map(|dp| dp.stats().into());
+                status.data_plane = self.data_plane.as_ref().map(DataPlane::stats);
                 let _ = reply.send(status);
             }
             ApiRequest::Connect(targets, reply) => {

@@ -22,14 +22,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 use tun_rs::{InterruptEvent, SyncDevice};
 
-use crate::core::forward::{
-    Batcher, Destination, ForwardStats, Forwarder, Sink, TapVerdict, resplit,
-};
+use crate::core::forward::{Batcher, Destination, Forwarder, Sink, TapVerdict, resplit};
 use crate::core::identity::PeerName;
 use crate::core::router::{DataView, NeighbourPath};
 use crate::core::status::DataPlaneStatus;
@@ -66,49 +63,6 @@ struct Counters {
     udp_too_big: AtomicU64,
     udp_send_failed: AtomicU64,
     unknown_sender: AtomicU64,
-}
-
-/// Data-plane figures for `weft status` and metrics.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct DataPlaneStats {
-    pub forward: ForwardStats,
-    pub macs: usize,
-    pub tap_write_errors: u64,
-    pub udp_too_big: u64,
-    pub udp_send_failed: u64,
-    pub unknown_sender: u64,
-}
-
-impl From<DataPlaneStats> for DataPlaneStatus {
-    fn from(s: DataPlaneStats) -> Self {
-        let f = s.forward;
-        DataPlaneStatus {
-            macs: s.macs,
-            frames_from_tap: f.frames_from_tap,
-            frames_to_tap: f.frames_to_tap,
-            frames_sent: f.frames_sent,
-            datagrams_relayed: f.datagrams_relayed,
-            icmp_frag_needed: f.icmp_frag_needed,
-            fragmented: f.fragmented,
-            dropped: f
-                .dropped
-                .iter()
-                .map(|(reason, n)| {
-                    (
-                        serde_json::to_value(reason)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
-                        *n,
-                    )
-                })
-                .collect(),
-            tap_write_errors: s.tap_write_errors,
-            udp_too_big: s.udp_too_big,
-            udp_send_failed: s.udp_send_failed,
-            unknown_sender: s.unknown_sender,
-        }
-    }
 }
 
 struct Shared {
@@ -192,15 +146,26 @@ impl DataPlane {
         }
     }
 
-    pub fn stats(&self) -> DataPlaneStats {
+    /// Counters since start, for `weft status` and metrics.
+    pub fn stats(&self) -> DataPlaneStatus {
         let c = &self.shared.counters;
-        let (forward, macs) = match self.shared.fwd.lock() {
+        let (f, macs) = match self.shared.fwd.lock() {
             Ok(f) => (f.stats.clone(), f.macs().len()),
             Err(_) => Default::default(),
         };
-        DataPlaneStats {
-            forward,
+        DataPlaneStatus {
             macs,
+            frames_from_tap: f.frames_from_tap,
+            frames_to_tap: f.frames_to_tap,
+            frames_sent: f.frames_sent,
+            datagrams_relayed: f.datagrams_relayed,
+            icmp_frag_needed: f.icmp_frag_needed,
+            fragmented: f.fragmented,
+            dropped: f
+                .dropped
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_owned(), *n))
+                .collect(),
             tap_write_errors: c.tap_write_errors.load(Ordering::Relaxed),
             udp_too_big: c.udp_too_big.load(Ordering::Relaxed),
             udp_send_failed: c.udp_send_failed.load(Ordering::Relaxed),
@@ -499,7 +464,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(dp.stats().unknown_sender, 1);
-        assert_eq!(dp.stats().forward.datagrams_relayed, 1);
+        assert_eq!(dp.stats().datagrams_relayed, 1);
         dp.stop();
     }
 }
