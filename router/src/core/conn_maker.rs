@@ -155,16 +155,12 @@ impl ConnectionMaker {
         }
     }
 
-    /// Targets whose time has come, for which `skip` says no connection
-    /// already covers them; they are marked as connecting.
-    pub fn due(
-        &mut self,
-        now: Instant,
-        mut skip: impl FnMut(&PeerAddr, &Target) -> bool,
-    ) -> Vec<PeerAddr> {
+    /// Targets whose time has come; they are marked as connecting. (The
+    /// router first marks targets an existing connection already serves.)
+    pub fn due(&mut self, now: Instant) -> Vec<PeerAddr> {
         let mut out = Vec::new();
         for (addr, t) in self.targets.iter_mut() {
-            if t.state == TargetState::Waiting && t.next_attempt <= now && !skip(addr, t) {
+            if t.state == TargetState::Waiting && t.next_attempt <= now {
                 t.state = TargetState::Connecting;
                 out.push(addr.clone());
             }
@@ -272,18 +268,15 @@ mod tests {
             ..Default::default()
         });
         m.add(t0, addr("192.0.2.1"), TargetOrigin::User);
-        assert_eq!(m.due(t0, |_, _| false), vec![addr("192.0.2.1")]);
-        assert!(m.due(t0, |_, _| false).is_empty(), "already connecting");
+        assert_eq!(m.due(t0), vec![addr("192.0.2.1")]);
+        assert!(m.due(t0).is_empty(), "already connecting");
         m.failed(t0, &addr("192.0.2.1"), "refused".into(), &mut rng);
-        assert!(
-            m.due(t0 + Duration::from_millis(999), |_, _| false)
-                .is_empty()
-        );
-        assert_eq!(m.due(t0 + Duration::from_secs(1), |_, _| false).len(), 1);
+        assert!(m.due(t0 + Duration::from_millis(999)).is_empty());
+        assert_eq!(m.due(t0 + Duration::from_secs(1)).len(), 1);
         m.failed(t0, &addr("192.0.2.1"), "refused".into(), &mut rng);
         assert_eq!(m.next_wakeup(), Some(t0 + Duration::from_secs(2)));
         m.connected(t0, &addr("192.0.2.1"), 7);
-        assert!(m.due(t0 + Duration::from_secs(99), |_, _| false).is_empty());
+        assert!(m.due(t0 + Duration::from_secs(99)).is_empty());
         m.disconnected(
             t0 + Duration::from_secs(60),
             7,
@@ -325,13 +318,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let mut m = ConnectionMaker::new(BackoffConfig::default());
         m.add(t0, addr("192.0.2.1"), TargetOrigin::User);
-        m.due(t0, |_, _| false);
+        m.due(t0);
         m.mark_self(&addr("192.0.2.1"));
         m.failed(t0, &addr("192.0.2.1"), "closed".into(), &mut rng);
-        assert!(
-            m.due(t0 + Duration::from_secs(3600), |_, _| false)
-                .is_empty()
-        );
+        assert!(m.due(t0 + Duration::from_secs(3600)).is_empty());
         assert_eq!(m.next_wakeup(), None);
     }
 }

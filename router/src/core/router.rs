@@ -1020,7 +1020,7 @@ impl Router {
         for (addr, h) in satisfied {
             self.maker.connected(now, &addr, h);
         }
-        for target in self.maker.due(now, |_, _| false) {
+        for target in self.maker.due(now) {
             debug!(%target, "dialling");
             self.actions.push_back(Action::Dial { target });
         }

@@ -201,23 +201,9 @@ impl Topology {
             .map(|&t| t + self.gc_grace)
     }
 
-    fn recompute(&mut self, now: Option<Instant>) {
+    /// The symmetric graph of the connections `keep` accepts.
+    fn graph_of(&self, keep: fn(&ConnEntry) -> bool) -> Graph {
         let claims: Vec<(PeerName, Vec<PeerName>)> = self
-            .peers
-            .values()
-            .map(|e| {
-                let est = e
-                    .connections
-                    .iter()
-                    .filter(|c| c.established())
-                    .map(|c| c.peer)
-                    .collect();
-                (e.name, est)
-            })
-            .collect();
-        let graph = Graph::from_claims(claims.iter().map(|(p, c)| (*p, c.as_slice())));
-        self.routes = Routes::compute(self.local, graph);
-        let data_claims: Vec<(PeerName, Vec<PeerName>)> = self
             .peers
             .values()
             .map(|e| {
@@ -225,14 +211,18 @@ impl Topology {
                     e.name,
                     e.connections
                         .iter()
-                        .filter(|c| c.data())
+                        .filter(|c| keep(c))
                         .map(|c| c.peer)
                         .collect(),
                 )
             })
             .collect();
-        let data_graph = Graph::from_claims(data_claims.iter().map(|(p, c)| (*p, c.as_slice())));
-        self.data_routes = Routes::compute(self.local, data_graph);
+        Graph::from_claims(claims.iter().map(|(p, c)| (*p, c.as_slice())))
+    }
+
+    fn recompute(&mut self, now: Option<Instant>) {
+        self.routes = Routes::compute(self.local, self.graph_of(ConnEntry::established));
+        self.data_routes = Routes::compute(self.local, self.graph_of(ConnEntry::data));
         let reachable: HashSet<PeerName> = self
             .peers
             .keys()
