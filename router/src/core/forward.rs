@@ -22,6 +22,7 @@ use crate::core::wire::ethernet::{Frame, HEADER_LEN as ETH_LEN};
 use crate::core::wire::ipv4;
 use crate::core::wire::udp::{
     DEFAULT_HOP_LIMIT, FRAME_PREFIX, FramesBuilder, FramesIter, HEADER_LEN, Header, Kind,
+    SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
 /// Why a frame or datagram was not forwarded.
@@ -72,6 +73,7 @@ pub struct ForwardStats {
     pub datagrams_relayed: u64,
     pub icmp_frag_needed: u64,
     pub fragmented: u64,
+    pub large_frames_sent: u64,
     pub dropped: BTreeMap<DropReason, u64>,
 }
 
@@ -190,7 +192,7 @@ impl Forwarder {
         self.routes.broadcast_next_hops(origin)
     }
 
-    /// Examines a frames datagram received from neighbour `from`. The
+    /// Examines a frames or segment datagram received from neighbour `from`. The
     /// neighbours to forward it to are written to `forward_to` (cleared
     /// first), and its hop limit is decremented in place when there are any.
     pub fn from_mesh(
@@ -201,7 +203,7 @@ impl Forwarder {
     ) -> Result<MeshVerdict, DropReason> {
         forward_to.clear();
         let header = match Header::parse(datagram) {
-            Ok(h) if h.kind == Kind::Frames => h,
+            Ok(h) if matches!(h.kind, Kind::Frames | Kind::Segment) => h,
             _ => {
                 self.stats.drop(DropReason::Malformed);
                 return Err(DropReason::Malformed);
@@ -414,6 +416,9 @@ pub fn resplit(datagram: &[u8], limit: usize, mut emit: impl FnMut(&[u8])) -> us
     let Ok(header) = Header::parse(datagram) else {
         return 0;
     };
+    if header.kind == Kind::Segment {
+        return resplit_segment(header, datagram, limit, emit);
+    }
     let mut b = FramesBuilder::new(header, limit);
     let mut dropped = 0;
     for frame in FramesIter::new(&datagram[HEADER_LEN..]) {
@@ -432,6 +437,38 @@ pub fn resplit(datagram: &[u8], limit: usize, mut emit: impl FnMut(&[u8])) -> us
         emit(b.bytes());
     }
     dropped
+}
+
+/// Cuts a segment datagram's piece into smaller pieces with the right
+/// offsets. Returns 1 (dropped) if the limit cannot carry any piece.
+fn resplit_segment(
+    header: Header,
+    datagram: &[u8],
+    limit: usize,
+    mut emit: impl FnMut(&[u8]),
+) -> usize {
+    let Ok((seg, piece)) = SegmentHeader::parse(&datagram[HEADER_LEN..]) else {
+        return 1;
+    };
+    let room = limit.saturating_sub(HEADER_LEN + SEGMENT_HEADER_LEN);
+    if room == 0 {
+        return 1;
+    }
+    let mut out = Vec::with_capacity(limit);
+    for (i, part) in piece.chunks(room).enumerate() {
+        out.clear();
+        out.extend_from_slice(&header.to_bytes());
+        let mut h = [0u8; SEGMENT_HEADER_LEN];
+        SegmentHeader {
+            offset: seg.offset + (i * room) as u32,
+            ..seg
+        }
+        .emit(&mut h);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(part);
+        emit(&out);
+    }
+    0
 }
 
 #[cfg(test)]
@@ -749,6 +786,47 @@ mod tests {
             resplit(b.bytes(), 200, |_| {}),
             4,
             "frames larger than the limit are dropped"
+        );
+    }
+
+    #[test]
+    fn resplit_segments_still_reassemble() {
+        let header = Header {
+            kind: Kind::Segment,
+            hop_limit: 5,
+            src: n(1),
+            dst: Some(n(3)),
+        };
+        let blob: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+        let mut pieces = Vec::new();
+        let mut scratch = Vec::new();
+        assert!(crate::core::wire::udp::segment(
+            header,
+            7,
+            &blob,
+            1472,
+            &mut scratch,
+            |d| pieces.push(d.to_vec())
+        ));
+        let mut small = Vec::new();
+        for p in &pieces {
+            assert_eq!(resplit(p, 700, |d| small.push(d.to_vec())), 0);
+        }
+        assert!(small.len() > pieces.len());
+        let mut r = crate::core::reassembly::Reassembler::new();
+        let now = Instant::now();
+        let mut out = None;
+        for d in &small {
+            assert!(d.len() <= 700);
+            let (h, piece) = SegmentHeader::parse(&d[HEADER_LEN..]).unwrap();
+            if let Some(b) = r.push(now, n(1), h, piece) {
+                out = Some(b.to_vec());
+            }
+        }
+        assert_eq!(out, Some(blob));
+        assert_eq!(
+            resplit(&pieces[0], HEADER_LEN + SEGMENT_HEADER_LEN, |_| {}),
+            1
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod gossip;
 pub mod identity;
 pub mod mac_table;
+pub mod reassembly;
 pub mod router;
 pub mod routes;
 pub mod status;

@@ -467,7 +467,7 @@ impl Router {
                 }
                 Err(_) => false,
             },
-            Kind::Frames => false,
+            Kind::Frames | Kind::Segment => false,
         };
         if changed {
             let usable = path.reported_usable();

@@ -34,6 +34,16 @@ pub struct DataPlaneStatus {
     pub datagrams_relayed: u64,
     pub icmp_frag_needed: u64,
     pub fragmented: u64,
+    /// Large frames (TCP super-segments, up to 64 KB) read from the TAP and
+    /// sent whole as segment datagrams; also counted in `frames_sent`.
+    #[serde(default)]
+    pub large_frames_sent: u64,
+    /// Large frames reassembled and written to the TAP whole.
+    #[serde(default)]
+    pub large_frames_delivered: u64,
+    /// Large frames abandoned because a piece was lost or reordered.
+    #[serde(default)]
+    pub reassembly_abandoned: u64,
     /// Frames or datagrams dropped, by reason.
     pub dropped: std::collections::BTreeMap<String, u64>,
     pub tap_write_errors: u64,

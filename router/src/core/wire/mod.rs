@@ -22,6 +22,7 @@ pub mod ipv4;
 pub mod preamble;
 pub mod topology;
 pub mod udp;
+pub mod vnet;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -5,7 +5,8 @@
 //! ```text
 //! offset  size  field
 //! 0       1     magic 0xfe (never a valid first byte of the control preamble)
-//! 1       1     kind: 1 frames, 2 heartbeat, 3 PMTU probe, 4 PMTU ack
+//! 1       1     kind: 1 frames, 2 heartbeat, 3 PMTU probe, 4 PMTU ack,
+//!               5 segment
 //! 2       1     hop limit: decremented by each relay, dropped at 0
 //! 3       1     reserved, 0
 //! 4       6     source: the router where the datagram's content originated
@@ -21,6 +22,13 @@
 //!   heard your heartbeats recently").
 //! - **PMTU probe**: `u32 BE probe id`, then padding to the probed size.
 //! - **PMTU ack**: `u32 BE probe id`, `u16 BE size of the probe received`.
+//! - **segment**: one piece of a large frame (a TCP super-segment from the
+//!   TAP's segmentation offload, up to 64 KB) that is carried whole and
+//!   handed to the destination's TAP in one write: `u32 BE frame id` (per
+//!   source, increasing), `u32 BE total length T` of the frame blob
+//!   (10-byte virtio-net header, then the Ethernet frame; 25..=65,600),
+//!   `u32 BE offset` of this piece in the blob, then the piece bytes (at
+//!   least 1). Pieces go in order; see [`SegmentHeader`].
 
 use crate::core::identity::PeerName;
 
@@ -44,6 +52,7 @@ pub enum Kind {
     Heartbeat = 2,
     PmtuProbe = 3,
     PmtuAck = 4,
+    Segment = 5,
 }
 
 /// The parsed fixed header.
@@ -102,6 +111,7 @@ impl Header {
             2 => Kind::Heartbeat,
             3 => Kind::PmtuProbe,
             4 => Kind::PmtuAck,
+            5 => Kind::Segment,
             k => return Err(malformed(format!("unknown kind {k}"))),
         };
         let dst = (bytes[10..16] != BROADCAST).then(|| name_from(&bytes[10..16]));
@@ -225,6 +235,101 @@ impl FramesBuilder {
     }
 }
 
+/// Bytes of the segment body's own header.
+pub const SEGMENT_HEADER_LEN: usize = 12;
+/// Largest frame blob a segment may describe: a 64 KB IP packet in an
+/// Ethernet frame behind a virtio-net header, rounded up.
+pub const MAX_BLOB: usize = 65_600;
+/// Smallest: a virtio-net header and an Ethernet header and a byte.
+pub const MIN_BLOB: usize = super::vnet::LEN + ETH_HEADER_LEN + 1;
+
+/// The header of a segment body: where this piece sits in its frame blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub frame_id: u32,
+    pub total: u32,
+    pub offset: u32,
+}
+
+impl SegmentHeader {
+    pub fn emit(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&self.frame_id.to_be_bytes());
+        out[4..8].copy_from_slice(&self.total.to_be_bytes());
+        out[8..12].copy_from_slice(&self.offset.to_be_bytes());
+    }
+
+    /// Parses a segment body; returns the header and the piece bytes.
+    pub fn parse(body: &[u8]) -> Result<(Self, &[u8]), WireError> {
+        let malformed = |detail: String| WireError::Malformed {
+            what: "segment",
+            detail,
+        };
+        if body.len() <= SEGMENT_HEADER_LEN {
+            return Err(malformed(format!(
+                "body of {} bytes holds no piece",
+                body.len()
+            )));
+        }
+        let u32_at =
+            |i: usize| u32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+        let h = Self {
+            frame_id: u32_at(0),
+            total: u32_at(4),
+            offset: u32_at(8),
+        };
+        let piece = &body[SEGMENT_HEADER_LEN..];
+        let total = h.total as usize;
+        if !(MIN_BLOB..=MAX_BLOB).contains(&total) {
+            return Err(malformed(format!(
+                "frame of {total} bytes is outside {MIN_BLOB}..={MAX_BLOB}"
+            )));
+        }
+        if h.offset as usize + piece.len() > total {
+            return Err(malformed(format!(
+                "piece of {} bytes at offset {} overruns a {total}-byte frame",
+                piece.len(),
+                h.offset
+            )));
+        }
+        Ok((h, piece))
+    }
+}
+
+/// Cuts `blob` into segment datagrams of at most `limit` bytes each, all
+/// of the same size but the last (so a sender can hand them to UDP
+/// segmentation offload as one train). `emit` gets each datagram.
+/// Returns false, emitting nothing, if `limit` cannot carry a piece or the
+/// blob's size is out of range.
+pub fn segment(
+    header: Header,
+    frame_id: u32,
+    blob: &[u8],
+    limit: usize,
+    scratch: &mut Vec<u8>,
+    mut emit: impl FnMut(&[u8]),
+) -> bool {
+    let room = limit.saturating_sub(HEADER_LEN + SEGMENT_HEADER_LEN);
+    if room == 0 || !(MIN_BLOB..=MAX_BLOB).contains(&blob.len()) {
+        return false;
+    }
+    let header = header.to_bytes();
+    for (i, piece) in blob.chunks(room).enumerate() {
+        scratch.clear();
+        scratch.extend_from_slice(&header);
+        let mut seg = [0u8; SEGMENT_HEADER_LEN];
+        SegmentHeader {
+            frame_id,
+            total: blob.len() as u32,
+            offset: (i * room) as u32,
+        }
+        .emit(&mut seg);
+        scratch.extend_from_slice(&seg);
+        scratch.extend_from_slice(piece);
+        emit(scratch);
+    }
+    true
+}
+
 /// The header of a control datagram between direct neighbours (hop limit 1).
 fn neighbour_header(kind: Kind, src: PeerName, dst: PeerName) -> [u8; HEADER_LEN] {
     Header {
@@ -317,6 +422,52 @@ mod tests {
 
     fn eth(len: usize, fill: u8) -> Vec<u8> {
         vec![fill; len]
+    }
+
+    #[test]
+    fn segment_bytes_are_as_documented() {
+        let header = Header {
+            kind: Kind::Segment,
+            hop_limit: 32,
+            src: n(1),
+            dst: Some(n(2)),
+        };
+        let blob: Vec<u8> = (0..30u8).collect();
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        assert!(segment(
+            header,
+            0x0102_0304,
+            &blob,
+            16 + 12 + 20,
+            &mut scratch,
+            |d| got.push(d.to_vec())
+        ));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0][1], 5);
+        assert_eq!(
+            &got[0][HEADER_LEN..HEADER_LEN + 12],
+            &[1, 2, 3, 4, 0, 0, 0, 30, 0, 0, 0, 0]
+        );
+        assert_eq!(&got[0][HEADER_LEN + 12..], &blob[..20]);
+        assert_eq!(
+            &got[1][HEADER_LEN..HEADER_LEN + 12],
+            &[1, 2, 3, 4, 0, 0, 0, 30, 0, 0, 0, 20]
+        );
+        assert_eq!(&got[1][HEADER_LEN + 12..], &blob[20..]);
+        let (h, piece) = SegmentHeader::parse(&got[1][HEADER_LEN..]).unwrap();
+        assert_eq!((h.frame_id, h.total, h.offset), (0x0102_0304, 30, 20));
+        assert_eq!(piece, &blob[20..]);
+        // A piece past the end, an empty piece, a runt or giant total.
+        assert!(
+            SegmentHeader::parse(&[0, 0, 0, 1, 0, 0, 0, 30, 0, 0, 0, 25, 1, 2, 3, 4, 5, 6])
+                .is_err()
+        );
+        assert!(SegmentHeader::parse(&[0, 0, 0, 1, 0, 0, 0, 30, 0, 0, 0, 0]).is_err());
+        assert!(SegmentHeader::parse(&[0, 0, 0, 1, 0, 0, 0, 24, 0, 0, 0, 0, 1]).is_err());
+        assert!(SegmentHeader::parse(&[0, 0, 0, 1, 0, 1, 0, 0x50, 0, 0, 0, 0, 1]).is_err());
+        // No room for a piece.
+        assert!(!segment(header, 1, &blob, 28, &mut scratch, |_| {}));
     }
 
     #[test]
@@ -420,6 +571,11 @@ mod tests {
                     Kind::Heartbeat => { let _ = parse_heartbeat(body); }
                     Kind::PmtuProbe => { let _ = parse_pmtu_probe(body); }
                     Kind::PmtuAck => { let _ = parse_pmtu_ack(body); }
+                    Kind::Segment => {
+                        if let Ok((s, piece)) = SegmentHeader::parse(body) {
+                            prop_assert!(s.offset as usize + piece.len() <= s.total as usize);
+                        }
+                    }
                 }
             }
         }
