@@ -3,10 +3,22 @@
 //!
 //! ```text
 //!  TAP ──recv (batch)──▶ tap thread ──Forwarder::from_tap──▶ Batcher ──sendmmsg──▶ UDP
-//!  UDP ──recvmmsg─────▶ udp thread ──Forwarder::from_mesh─┬─▶ TAP (deliver)
+//!                                   (64 KB TCP frames: udp::segment, sent whole)
+//!  UDP ──recvmmsg─────▶ udp thread ──Forwarder::from_mesh─┬─▶ TAP (deliver; segments
+//!                                                         │   through the Reassembler)
 //!                                                         └─▶ sendmmsg (relay)
 //!                          control datagrams (heartbeat, PMTU) ──▶ router task
 //! ```
+//!
+//! Offloads do most of the work per byte. The TAP carries a virtio-net
+//! header, so the kernel hands over TCP super-segments of up to 64 KB with
+//! the checksum left to "whoever segments" (TSO); weft cuts each into
+//! path-MTU-sized segment datagrams without touching the TCP headers, and
+//! the destination writes it back to its TAP in one piece with the same
+//! header, so the kernel there segments (or, towards a local veth, does
+//! not even need to). Trains of equal-sized datagrams to one neighbour go
+//! down as one UDP segmentation offload send, and UDP GRO coalesces them
+//! again on receipt: one system call per 64 KB instead of one per frame.
 //!
 //! Plain OS threads, not tokio tasks: each blocks in one system call per
 //! batch and both run in parallel on separate cores. They share the
@@ -17,6 +29,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -26,17 +39,21 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 use tun_rs::{InterruptEvent, SyncDevice};
 
-use crate::core::forward::{Batcher, Destination, Forwarder, Sink, TapVerdict, resplit};
+use crate::core::forward::{
+    Batcher, Destination, DropReason, Forwarder, Sink, TapVerdict, resplit,
+};
 use crate::core::identity::PeerName;
+use crate::core::reassembly::Reassembler;
 use crate::core::router::{DataView, NeighbourPath};
 use crate::core::status::DataPlaneStatus;
-use crate::core::wire::udp::{FramesIter, HEADER_LEN, Kind, MAGIC};
+use crate::core::wire::udp::{
+    self, DEFAULT_HOP_LIMIT, FramesIter, HEADER_LEN, Header, Kind, MAGIC, MAX_BLOB, SegmentHeader,
+};
+use crate::core::wire::vnet::{self, VnetHeader};
 use crate::shell::udp_io::{self, RecvBatch, SendBatch, SendReport};
 
 /// Frames read from the TAP per batch.
 const TAP_BATCH: usize = 64;
-/// Largest frame the TAP can hand us (MTU is capped well below this).
-const MAX_FRAME: usize = 65_536;
 /// How often stale MAC entries are swept.
 const MAC_SWEEP: Duration = Duration::from_secs(10);
 
@@ -63,6 +80,8 @@ struct Counters {
     udp_too_big: AtomicU64,
     udp_send_failed: AtomicU64,
     unknown_sender: AtomicU64,
+    large_frames_delivered: AtomicU64,
+    reassembly_abandoned: AtomicU64,
 }
 
 struct Shared {
@@ -161,6 +180,9 @@ impl DataPlane {
             datagrams_relayed: f.datagrams_relayed,
             icmp_frag_needed: f.icmp_frag_needed,
             fragmented: f.fragmented,
+            large_frames_sent: f.large_frames_sent,
+            large_frames_delivered: c.large_frames_delivered.load(Ordering::Relaxed),
+            reassembly_abandoned: c.reassembly_abandoned.load(Ordering::Relaxed),
             dropped: f
                 .dropped
                 .iter()
@@ -206,15 +228,42 @@ impl Sink for Out<'_> {
     }
 }
 
+/// Writes a complete frame to the TAP behind a virtio-net header that asks
+/// nothing of the kernel.
 fn write_tap(shared: &Shared, frame: &[u8]) {
-    if let Some(tap) = &shared.tap
-        && tap.send(frame).is_err()
-    {
-        shared
-            .counters
-            .tap_write_errors
-            .fetch_add(1, Ordering::Relaxed);
+    let Some(tap) = &shared.tap else { return };
+    let iov = [
+        libc::iovec {
+            iov_base: VnetHeader::PLAIN.as_ptr() as *mut libc::c_void,
+            iov_len: vnet::LEN,
+        },
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at live buffers of the stated lengths that
+    // the kernel only reads; the fd is owned by `tap` for the whole call.
+    let rc = unsafe { libc::writev(tap.as_raw_fd(), iov.as_ptr(), 2) };
+    if rc < 0 {
+        tap_write_failed(shared);
     }
+}
+
+/// Writes a reassembled blob (virtio-net header and frame) to the TAP.
+fn write_tap_blob(shared: &Shared, blob: &[u8]) {
+    if let Some(tap) = &shared.tap
+        && tap.send(blob).is_err()
+    {
+        tap_write_failed(shared);
+    }
+}
+
+fn tap_write_failed(shared: &Shared) {
+    shared
+        .counters
+        .tap_write_errors
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 fn record(shared: &Shared, report: &mut SendReport) {
@@ -228,12 +277,14 @@ fn record(shared: &Shared, report: &mut SendReport) {
 
 fn tap_loop(shared: &Shared) {
     let Some(tap) = &shared.tap else { return };
-    let mut bufs: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; MAX_FRAME]).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; MAX_BLOB]).collect();
     let mut lens = [0usize; TAP_BATCH];
     let mut batcher = Batcher::new();
     let mut send = SendBatch::default();
     let mut report = SendReport::default();
     let mut hops: Vec<PeerName> = Vec::new();
+    let mut scratch: Vec<u8> = Vec::with_capacity(2048);
+    let mut frame_id: u32 = 0;
     let mut last_sweep = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         match tap.wait_readable_intr_timeout(&shared.wake, Some(Duration::from_millis(500))) {
@@ -278,33 +329,65 @@ fn tap_loop(shared: &Shared) {
             report: &mut report,
         };
         for i in 0..n {
-            let frame = &bufs[i][..lens[i]];
-            match fwd.from_tap(now, frame) {
-                TapVerdict::Drop(_) => {}
+            let blob = &mut bufs[i][..lens[i]];
+            let Some(frame_len) = blob.len().checked_sub(vnet::LEN) else {
+                continue;
+            };
+            let Ok(vh) = VnetHeader::parse(blob, frame_len) else {
+                // The kernel produced it, so this is a weft bug, not an
+                // attack; skip the frame rather than guess.
+                debug!("TAP frame with an unexpected virtio-net header");
+                continue;
+            };
+            if !vh.is_gso() {
+                let frame = &mut blob[vnet::LEN..];
+                if vh.flags & vnet::F_NEEDS_CSUM != 0 {
+                    vnet::complete_checksum(frame, vh.csum_start, vh.csum_offset);
+                }
+                forward_frame(
+                    shared,
+                    &mut fwd,
+                    &neighbours,
+                    &mut batcher,
+                    &mut hops,
+                    &mut out,
+                    now,
+                    frame,
+                );
+                continue;
+            }
+            let dst = match fwd.from_tap(now, &blob[vnet::LEN..]) {
+                TapVerdict::Drop(_) => continue,
                 TapVerdict::Unicast { dst, next_hop } => {
-                    let limit = neighbours.limit(&[next_hop]);
-                    batcher.push(
-                        &mut fwd,
-                        Destination::Peer(dst),
-                        &[next_hop],
-                        limit,
-                        frame,
-                        &mut out,
-                    );
+                    hops.clear();
+                    hops.push(next_hop);
+                    Some(dst)
                 }
                 TapVerdict::Flood => {
                     hops.clear();
                     hops.extend_from_slice(fwd.flood_hops(shared.local));
-                    let limit = neighbours.limit(&hops);
-                    batcher.push(
-                        &mut fwd,
-                        Destination::Everyone,
-                        &hops,
-                        limit,
-                        frame,
-                        &mut out,
-                    );
+                    None
                 }
+            };
+            let limit = neighbours.limit(&hops);
+            // Frames already batched for the same peers go first, so a TCP
+            // stream's segments stay in order.
+            batcher.flush(&mut out);
+            let header = Header {
+                kind: Kind::Segment,
+                hop_limit: DEFAULT_HOP_LIMIT,
+                src: shared.local,
+                dst,
+            };
+            frame_id = frame_id.wrapping_add(1);
+            let sent = udp::segment(header, frame_id, blob, limit, &mut scratch, |d| {
+                out.datagram(&hops, d);
+            });
+            if sent {
+                fwd.stats.frames_sent += 1;
+                fwd.stats.large_frames_sent += 1;
+            } else if !hops.is_empty() {
+                fwd.stats.drop(DropReason::TooBig);
             }
         }
         batcher.flush(&mut out);
@@ -319,11 +402,41 @@ fn tap_loop(shared: &Shared) {
     }
 }
 
+/// Sends one ordinary (not offloaded) frame read from the TAP: batched with
+/// others for the same peers, or answered with ICMP if it cannot fit.
+#[allow(clippy::too_many_arguments)]
+fn forward_frame(
+    shared: &Shared,
+    fwd: &mut Forwarder,
+    neighbours: &Neighbours,
+    batcher: &mut Batcher,
+    hops: &mut Vec<PeerName>,
+    out: &mut Out<'_>,
+    now: Instant,
+    frame: &[u8],
+) {
+    match fwd.from_tap(now, frame) {
+        TapVerdict::Drop(_) => {}
+        TapVerdict::Unicast { dst, next_hop } => {
+            let limit = neighbours.limit(&[next_hop]);
+            batcher.push(fwd, Destination::Peer(dst), &[next_hop], limit, frame, out);
+        }
+        TapVerdict::Flood => {
+            hops.clear();
+            hops.extend_from_slice(fwd.flood_hops(shared.local));
+            let limit = neighbours.limit(hops);
+            batcher.push(fwd, Destination::Everyone, hops, limit, frame, out);
+        }
+    }
+}
+
 fn udp_loop(shared: &Shared) {
     let mut batch = RecvBatch::default();
     let mut send = SendBatch::default();
     let mut report = SendReport::default();
     let mut hops: Vec<PeerName> = Vec::new();
+    let mut reassembler = Reassembler::new();
+    let mut last_sweep = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match udp_io::recv_batch(&shared.udp, &mut batch) {
             Ok(n) => n,
@@ -333,10 +446,14 @@ fn udp_loop(shared: &Shared) {
                 continue;
             }
         };
+        let now = Instant::now();
+        if now.duration_since(last_sweep) >= MAC_SWEEP {
+            reassembler.expire(now);
+            last_sweep = now;
+        }
         if n == 0 {
             continue;
         }
-        let now = Instant::now();
         let (Ok(mut fwd), Ok(neighbours)) = (shared.fwd.lock(), shared.neighbours.read()) else {
             return;
         };
@@ -345,7 +462,8 @@ fn udp_loop(shared: &Shared) {
             if datagram.len() < HEADER_LEN || datagram[0] != MAGIC {
                 continue;
             }
-            if datagram[1] != Kind::Frames as u8 {
+            let kind = datagram[1];
+            if kind != Kind::Frames as u8 && kind != Kind::Segment as u8 {
                 let _ = shared.control.send((addr, datagram.to_vec()));
                 continue;
             }
@@ -360,11 +478,22 @@ fn udp_loop(shared: &Shared) {
                 continue;
             };
             if verdict.deliver {
-                for frame in FramesIter::new(&datagram[HEADER_LEN..]) {
-                    let Ok(frame) = frame else { break };
-                    if fwd.deliver_frame(now, verdict.origin, frame) {
-                        write_tap(shared, frame);
+                if kind == Kind::Frames as u8 {
+                    for frame in FramesIter::new(&datagram[HEADER_LEN..]) {
+                        let Ok(frame) = frame else { break };
+                        if fwd.deliver_frame(now, verdict.origin, frame) {
+                            write_tap(shared, frame);
+                        }
                     }
+                } else {
+                    deliver_piece(
+                        shared,
+                        &mut fwd,
+                        &mut reassembler,
+                        now,
+                        verdict.origin,
+                        datagram,
+                    );
                 }
             }
             for hop in &hops {
@@ -385,6 +514,39 @@ fn udp_loop(shared: &Shared) {
         drop(neighbours);
         send.flush(&shared.udp, &mut report);
         record(shared, &mut report);
+        let c = &shared.counters;
+        c.large_frames_delivered
+            .store(reassembler.stats.completed, Ordering::Relaxed);
+        c.reassembly_abandoned
+            .store(reassembler.stats.abandoned, Ordering::Relaxed);
+    }
+}
+
+/// Adds one piece of a large frame; writes the frame to the TAP once whole.
+fn deliver_piece(
+    shared: &Shared,
+    fwd: &mut Forwarder,
+    reassembler: &mut Reassembler,
+    now: Instant,
+    origin: PeerName,
+    datagram: &[u8],
+) {
+    let Ok((h, piece)) = SegmentHeader::parse(&datagram[HEADER_LEN..]) else {
+        fwd.stats.drop(DropReason::Malformed);
+        return;
+    };
+    let Some(blob) = reassembler.push(now, origin, h, piece) else {
+        return;
+    };
+    let frame = &blob[vnet::LEN..];
+    // The header came from the network: the TAP gets only what weft itself
+    // would produce.
+    if VnetHeader::parse(blob, frame.len()).is_err() {
+        fwd.stats.drop(DropReason::Malformed);
+        return;
+    }
+    if fwd.deliver_frame(now, origin, frame) {
+        write_tap_blob(shared, blob);
     }
 }
 

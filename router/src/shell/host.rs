@@ -39,6 +39,29 @@ use crate::core::wire::ethernet::Mac;
 use crate::shell::attach::Cidr;
 use crate::shell::describe_io_error;
 
+/// Lets the kernel hand the TAP's reader TCP super-segments with partial
+/// checksums (TSO) instead of segmenting and checksumming every frame
+/// itself: the data plane carries them whole (see `core::reassembly`).
+/// UDP segmentation offload is left off on purpose: a peer on a kernel
+/// older than 6.2 could not write such a frame to its TAP.
+fn set_tap_offloads(tap: &SyncDevice) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; the fd is a live
+    // TUN/TAP descriptor owned by `tap` for the whole call.
+    let rc = unsafe {
+        libc::ioctl(
+            tap.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Bridge name unless `--bridge` says otherwise.
 pub const DEFAULT_BRIDGE: &str = "weft";
 
@@ -316,12 +339,17 @@ async fn setup_tap(
         .layer(Layer::L2)
         .packet_information(false)
         .multi_queue(true)
+        .offload(true)
         .enable(false)
         .build_sync()
         .map_err(|error| HostError::Tap {
             name: tap_name.into(),
             error,
         })?;
+    set_tap_offloads(&tap).map_err(|error| HostError::Tap {
+        name: tap_name.into(),
+        error,
+    })?;
     // From here on, dropping `tap` on an error removes the device again.
     let tap_index = nl.index_of(tap_name).await?;
     nl.set_link(

@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Datagrams per batched system call.
+/// Reads per batched receive call.
 pub const BATCH: usize = 32;
+/// Datagrams queued per send flush: two 64 KB frames' worth of segments.
+pub const SEND_BATCH: usize = 96;
 /// Receive buffer per datagram: the largest UDP payload.
 pub const MAX_DATAGRAM: usize = 65_535;
 
@@ -50,7 +52,9 @@ pub fn bind(port: u16) -> io::Result<UdpSocket> {
     }
     // The reader wakes up periodically to notice shutdown.
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-    Ok(sock.into())
+    let sock: UdpSocket = sock.into();
+    enable_gro(&sock);
+    Ok(sock)
 }
 
 fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -100,11 +104,42 @@ fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// Most datagrams one UDP segmentation offload send may carry
+/// (`UDP_MAX_SEGMENTS` is 64 on older kernels, 128 on newer).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes one such send may carry: the largest UDP payload.
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// Control-message space for one `int` or `u16` option, 8-byte aligned as
+/// `CMSG_SPACE` requires.
+type CmsgBuf = [u64; 4];
+
+/// Asks the kernel to coalesce same-flow datagrams into one read (UDP GRO,
+/// Linux 5.0); each read then says the segment size. Harmless if refused.
+pub fn enable_gro(sock: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads a live c_int of the stated size; the fd is
+    // owned by `sock` for the whole call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
 /// Reusable buffers for [`recv_batch`].
 pub struct RecvBatch {
     bufs: Vec<Vec<u8>>,
     lens: [usize; BATCH],
+    /// Segment size of a coalesced (GRO) read; 0 for a single datagram.
+    segs: [usize; BATCH],
     addrs: [Option<SocketAddr>; BATCH],
+    cmsgs: [CmsgBuf; BATCH],
     count: usize,
 }
 
@@ -113,28 +148,52 @@ impl Default for RecvBatch {
         Self {
             bufs: (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
             lens: [0; BATCH],
+            segs: [0; BATCH],
             addrs: [None; BATCH],
+            cmsgs: [[0; 4]; BATCH],
             count: 0,
         }
     }
 }
 
 impl RecvBatch {
-    /// The datagrams received by the last [`recv_batch`], mutable so a relay
-    /// can rewrite the hop limit in place.
+    /// The datagrams received by the last [`recv_batch`], coalesced reads
+    /// split back into datagrams, mutable so a relay can rewrite the hop
+    /// limit in place.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Option<SocketAddr>, &mut [u8])> {
         let n = self.count;
         self.bufs
             .iter_mut()
             .zip(self.lens.iter())
+            .zip(self.segs.iter())
             .zip(self.addrs.iter())
             .take(n)
-            .map(|((b, &len), &a)| (a, &mut b[..len]))
+            .flat_map(|(((b, &len), &seg), &a)| {
+                let seg = if seg == 0 { len.max(1) } else { seg };
+                b[..len].chunks_mut(seg).map(move |d| (a, d))
+            })
     }
 }
 
-/// Receives up to [`BATCH`] datagrams, blocking for the first (up to the
-/// socket's read timeout). Returns how many arrived; 0 on timeout.
+/// The segment size from a `UDP_GRO` control message, if there is one.
+fn gro_segment_size(hdr: &libc::msghdr) -> usize {
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled
+    // in, within `msg_controllen`, which the kernel set.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    0
+}
+
+/// Receives up to [`BATCH`] reads, blocking for the first (up to the
+/// socket's read timeout). Returns how many reads arrived; 0 on timeout.
 pub fn recv_batch(sock: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut storages: [libc::sockaddr_storage; BATCH] = unsafe { mem::zeroed() };
@@ -150,10 +209,13 @@ pub fn recv_batch(sock: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> 
         hdrs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         hdrs[i].msg_hdr.msg_iov = iovs[i].as_mut_ptr();
         hdrs[i].msg_hdr.msg_iovlen = 1;
+        hdrs[i].msg_hdr.msg_control = batch.cmsgs[i].as_mut_ptr().cast();
+        hdrs[i].msg_hdr.msg_controllen = mem::size_of::<CmsgBuf>() as _;
     }
     // SAFETY: every header points at a live iovec over a live buffer of the
-    // stated length and at a live sockaddr_storage of the stated size; all
-    // of them outlive the call. MSG_WAITFORONE blocks only for the first.
+    // stated length, a live sockaddr_storage and a live control buffer of
+    // the stated sizes; all of them outlive the call. MSG_WAITFORONE blocks
+    // only for the first.
     let n = unsafe {
         libc::recvmmsg(
             sock.as_raw_fd(),
@@ -176,6 +238,7 @@ pub fn recv_batch(sock: &UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> 
     let n = n as usize;
     for i in 0..n {
         batch.lens[i] = hdrs[i].msg_len as usize;
+        batch.segs[i] = gro_segment_size(&hdrs[i].msg_hdr);
         batch.addrs[i] = from_storage(&storages[i]);
     }
     batch.count = n;
@@ -187,14 +250,19 @@ pub struct SendBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<SocketAddr>,
     len: usize,
+    /// UDP segmentation offload: runs of equal-sized datagrams to one
+    /// address go down as one send. Turned off for good if the kernel or
+    /// the route refuses it.
+    gso: bool,
 }
 
 impl Default for SendBatch {
     fn default() -> Self {
         Self {
-            bufs: (0..BATCH).map(|_| Vec::with_capacity(2048)).collect(),
-            addrs: Vec::with_capacity(BATCH),
+            bufs: (0..SEND_BATCH).map(|_| Vec::with_capacity(2048)).collect(),
+            addrs: Vec::with_capacity(SEND_BATCH),
             len: 0,
+            gso: true,
         }
     }
 }
@@ -209,9 +277,47 @@ pub struct SendReport {
     pub failed: usize,
 }
 
+/// One `sendmmsg` message: datagrams `start..start + count`, sent with
+/// segment size `seg` when there are several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    start: usize,
+    count: usize,
+    seg: usize,
+}
+
+/// Groups queued datagrams into runs a single GSO send can carry: same
+/// address, all `seg` bytes long but the last, which may be shorter.
+fn runs(bufs: &[Vec<u8>], addrs: &[SocketAddr], gso: bool, out: &mut Vec<Run>) {
+    out.clear();
+    let mut i = 0;
+    while i < addrs.len() {
+        let seg = bufs[i].len();
+        let mut count = 1;
+        let mut bytes = seg;
+        while gso
+            && i + count < addrs.len()
+            && count < MAX_GSO_SEGMENTS
+            && addrs[i + count] == addrs[i]
+            && bufs[i + count - 1].len() == seg
+            && bufs[i + count].len() <= seg
+            && bytes + bufs[i + count].len() <= MAX_GSO_BYTES
+        {
+            bytes += bufs[i + count].len();
+            count += 1;
+        }
+        out.push(Run {
+            start: i,
+            count,
+            seg,
+        });
+        i += count;
+    }
+}
+
 impl SendBatch {
     pub fn is_full(&self) -> bool {
-        self.len == BATCH
+        self.len == SEND_BATCH
     }
 
     pub fn is_empty(&self) -> bool {
@@ -236,54 +342,101 @@ impl SendBatch {
         self.len += 1;
     }
 
-    /// Sends everything queued with as few `sendmmsg` calls as possible.
+    /// Sends everything queued with as few system calls as possible.
     pub fn flush(&mut self, sock: &UdpSocket, report: &mut SendReport) {
-        let mut start = 0;
-        while start < self.len {
-            let n = self.len - start;
-            let names: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-                self.addrs[start..self.len].iter().map(to_storage).collect();
-            let mut iovs: Vec<libc::iovec> = self.bufs[start..self.len]
-                .iter()
-                .map(|b| libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                })
-                .collect();
-            // SAFETY: all-zero is a valid mmsghdr.
-            let mut hdrs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { mem::zeroed() }).collect();
-            for i in 0..n {
-                hdrs[i].msg_hdr.msg_name =
-                    (&names[i].0 as *const libc::sockaddr_storage) as *mut libc::c_void;
-                hdrs[i].msg_hdr.msg_namelen = names[i].1;
-                hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-                hdrs[i].msg_hdr.msg_iovlen = 1;
+        let mut plan = Vec::with_capacity(self.len);
+        runs(&self.bufs[..self.len], &self.addrs, self.gso, &mut plan);
+        let names: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
+            self.addrs.iter().map(to_storage).collect();
+        let mut iovs: Vec<libc::iovec> = self.bufs[..self.len]
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut cmsgs: Vec<CmsgBuf> = vec![[0; 4]; plan.len()];
+        // SAFETY: all-zero is a valid mmsghdr.
+        let mut hdrs: Vec<libc::mmsghdr> =
+            (0..plan.len()).map(|_| unsafe { mem::zeroed() }).collect();
+        for (k, run) in plan.iter().enumerate() {
+            let h = &mut hdrs[k].msg_hdr;
+            h.msg_name =
+                (&names[run.start].0 as *const libc::sockaddr_storage) as *mut libc::c_void;
+            h.msg_namelen = names[run.start].1;
+            h.msg_iov = &mut iovs[run.start];
+            h.msg_iovlen = run.count as _;
+            if run.count > 1 {
+                set_segment_size(h, &mut cmsgs[k], run.seg as u16);
             }
+        }
+        let mut next = 0;
+        while next < plan.len() {
             // SAFETY: each header points at a live sockaddr of the stated
-            // length and a live iovec over a live buffer; the kernel only
-            // reads them, and all outlive the call.
+            // length, `count` live iovecs over live buffers and, for runs,
+            // a live control buffer; the kernel only reads them, and all
+            // outlive the call.
             let rc = unsafe {
-                libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0)
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    hdrs[next..].as_mut_ptr(),
+                    (plan.len() - next) as libc::c_uint,
+                    0,
+                )
             };
             if rc > 0 {
-                report.sent += rc as usize;
-                start += rc as usize;
+                let done = rc as usize;
+                report.sent += plan[next..next + done]
+                    .iter()
+                    .map(|r| r.count)
+                    .sum::<usize>();
+                next += done;
                 continue;
             }
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // The first message failed: count it and move past it.
-            if e.raw_os_error() == Some(libc::EMSGSIZE) {
+            let run = plan[next];
+            next += 1;
+            if run.count > 1 {
+                // The kernel or the route refused segmentation offload
+                // (EIO: no checksum offload on the route; EINVAL: a segment
+                // above the route MTU). Send the run one by one, which
+                // also reports oversized datagrams precisely.
+                if e.raw_os_error() == Some(libc::EIO) {
+                    self.gso = false;
+                }
+                for i in run.start..run.start + run.count {
+                    match sock.send_to(&self.bufs[i], self.addrs[i]) {
+                        Ok(_) => report.sent += 1,
+                        Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => report.too_big += 1,
+                        Err(_) => report.failed += 1,
+                    }
+                }
+            } else if e.raw_os_error() == Some(libc::EMSGSIZE) {
                 report.too_big += 1;
             } else {
                 report.failed += 1;
             }
-            start += 1;
         }
         self.len = 0;
         self.addrs.clear();
+    }
+}
+
+/// Attaches a `UDP_SEGMENT` control message to `h`.
+fn set_segment_size(h: &mut libc::msghdr, buf: &mut CmsgBuf, seg: u16) {
+    h.msg_control = buf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE of a u16 (24 bytes) fits the 32-byte buffer; the
+    // macros compute pointers inside it, and the write is unaligned-safe.
+    unsafe {
+        h.msg_controllen = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as _;
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
     }
 }
 
@@ -328,6 +481,63 @@ mod tests {
             }
         }
         assert_eq!(got, (0..40).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn trains_go_out_as_one_offloaded_send_and_come_back_split() {
+        let a = bind(0).unwrap();
+        let b = bind(0).unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], b.local_addr().unwrap().port()));
+        let mut out = SendBatch::default();
+        let mut report = SendReport::default();
+        // Two trains (30 of 1000 bytes then a 500-byte tail) and a stray.
+        let mut sent = Vec::new();
+        for i in 0..31u8 {
+            let len = if i == 30 { 500 } else { 1000 };
+            let d = vec![i; len];
+            out.push(&a, to, &d, &mut report);
+            sent.push(d);
+        }
+        let mut plan = Vec::new();
+        runs(&out.bufs[..out.len], &out.addrs, true, &mut plan);
+        assert_eq!(
+            plan,
+            vec![Run {
+                start: 0,
+                count: 31,
+                seg: 1000
+            }]
+        );
+        out.flush(&a, &mut report);
+        assert_eq!(report.sent, 31);
+        let mut batch = RecvBatch::default();
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let n = recv_batch(&b, &mut batch).unwrap();
+            assert!(n > 0, "timed out after {} datagrams", got.len());
+            for (_, d) in batch.iter_mut() {
+                got.push(d.to_vec());
+            }
+        }
+        assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn runs_split_on_address_size_and_limits() {
+        let x = SocketAddr::from(([127, 0, 0, 1], 1));
+        let y = SocketAddr::from(([127, 0, 0, 1], 2));
+        let bufs: Vec<Vec<u8>> = [100, 100, 50, 100, 100, 200, 100]
+            .iter()
+            .map(|&l| vec![0; l])
+            .collect();
+        let addrs = [x, x, x, x, y, y, y];
+        let mut plan = Vec::new();
+        runs(&bufs, &addrs, true, &mut plan);
+        let got: Vec<(usize, usize)> = plan.iter().map(|r| (r.start, r.count)).collect();
+        // 100,100,50 | 100 (next address) | 100 | 200,100
+        assert_eq!(got, vec![(0, 3), (3, 1), (4, 1), (5, 2)]);
+        runs(&bufs, &addrs, false, &mut plan);
+        assert_eq!(plan.len(), 7);
     }
 
     #[test]
