@@ -7,13 +7,22 @@
 //! encoders. For each carried frame, an ICMP "fragmentation needed" reply
 //! must be a well-formed IPv4/ICMP packet with valid checksums, and
 //! fragmentation must produce valid packets no larger than the MTU whose
-//! payloads concatenate to the original's.
+//! payloads concatenate to the original's. A segment body that parses lies
+//! inside its frame; fed to the reassembler on its own, it can complete a
+//! frame only if it is the whole frame, and a complete frame's virtio-net
+//! header is checked as the receiving router would.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use weft_router::core::wire::ethernet::{ETHERTYPE_IPV4, Frame, HEADER_LEN as ETH_LEN};
 use weft_router::core::wire::ipv4::{self, MIN_MTU, Packet};
-use weft_router::core::wire::udp::{self, FramesBuilder, FramesIter, HEADER_LEN, Header, Kind};
+use std::time::Instant;
+
+use weft_router::core::reassembly::Reassembler;
+use weft_router::core::wire::udp::{
+    self, FramesBuilder, FramesIter, HEADER_LEN, Header, Kind, SegmentHeader,
+};
+use weft_router::core::wire::vnet::{self, VnetHeader};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(h) = Header::parse(data) else {
@@ -41,6 +50,30 @@ fuzz_target!(|data: &[u8]| {
             if let (Ok((id, size)), Some(dst)) = (udp::parse_pmtu_ack(body), h.dst) {
                 let again = udp::pmtu_ack(h.src, dst, id, size);
                 assert_eq!(udp::parse_pmtu_ack(&again[HEADER_LEN..]), Ok((id, size)));
+            }
+        }
+        Kind::Segment => {
+            if let Ok((seg, piece)) = SegmentHeader::parse(body) {
+                assert!(seg.offset as usize + piece.len() <= seg.total as usize);
+                let mut r = Reassembler::new();
+                let whole = r.push(Instant::now(), h.src, seg, piece).map(<[u8]>::to_vec);
+                assert_eq!(
+                    whole.is_some(),
+                    seg.offset == 0 && piece.len() == seg.total as usize
+                );
+                if let Some(blob) = whole {
+                    let frame_len = blob.len() - vnet::LEN;
+                    if let Ok(vh) = VnetHeader::parse(&blob, frame_len) {
+                        let mut frame = blob[vnet::LEN..].to_vec();
+                        if vh.flags & vnet::F_NEEDS_CSUM != 0 {
+                            assert!(vnet::complete_checksum(
+                                &mut frame,
+                                vh.csum_start,
+                                vh.csum_offset
+                            ));
+                        }
+                    }
+                }
             }
         }
         Kind::Frames => {

@@ -360,7 +360,9 @@ impl SentStreams {
                 udp::parse_pmtu_ack(body).expect("router sent a bad PMTU ack");
                 None
             }
-            udp::Kind::Frames => panic!("the control plane sent a frames datagram"),
+            udp::Kind::Frames | udp::Kind::Segment => {
+                panic!("the control plane sent a data datagram")
+            }
         }
     }
 }
@@ -809,6 +811,20 @@ pub fn seeds() -> Vec<Seed> {
     assert!(frames.push(&ipv4_frame(100, true)));
     assert!(frames.push(&ipv4_frame(700, false)));
     out.push(seed("udp_datagram", "frames", frames.bytes().to_vec()));
+    // A whole large frame in one piece: a virtio-net header asking for the
+    // checksum at 34+6 to be completed, then the frame.
+    let mut blob = vec![1, 0, 0, 0, 0, 0, 34, 0, 6, 0];
+    blob.extend(ipv4_frame(200, true));
+    let segment = udp::Header {
+        kind: udp::Kind::Segment,
+        dst: Some(dst),
+        ..header
+    };
+    let mut pieces = Vec::new();
+    assert!(udp::segment(segment, 1, &blob, 2048, &mut Vec::new(), |d| {
+        pieces.push(d.to_vec())
+    }));
+    out.push(seed("udp_datagram", "segment", pieces.remove(0)));
     out
 }
 
