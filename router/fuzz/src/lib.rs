@@ -11,6 +11,8 @@
 //! [`seeds`]; `cargo test` in this directory checks the committed files are
 //! current, and `WEFT_UPDATE_SEEDS=1 cargo test` rewrites them.
 
+pub mod crypto;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -809,6 +811,7 @@ pub fn seeds() -> Vec<Seed> {
     assert!(frames.push(&ipv4_frame(100, true)));
     assert!(frames.push(&ipv4_frame(700, false)));
     out.push(seed("udp_datagram", "frames", frames.bytes().to_vec()));
+    out.extend(crypto::seeds());
     out
 }
 
