@@ -11,6 +11,8 @@
 //! [`seeds`]; `cargo test` in this directory checks the committed files are
 //! current, and `WEFT_UPDATE_SEEDS=1 cargo test` rewrites them.
 
+pub mod crypto;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -825,6 +827,7 @@ pub fn seeds() -> Vec<Seed> {
         pieces.push(d.to_vec())
     }));
     out.push(seed("udp_datagram", "segment", pieces.remove(0)));
+    out.extend(crypto::seeds());
     out
 }
 

@@ -3,6 +3,7 @@
 
 pub mod conn_maker;
 pub mod connection;
+pub mod crypto;
 pub mod data_path;
 pub mod forward;
 pub mod gossip;
