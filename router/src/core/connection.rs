@@ -2,8 +2,13 @@
 //!
 //! ```text
 //!   opened ──send preamble──▶ AwaitPreamble ──their preamble, common version──▶
-//!   AwaitFeatures (our Features sent) ──their Features──▶ Established
+//!   AwaitCrypto (Hello, then Noise XX when encrypting; core/crypto/handshake.rs)
+//!   ──done──▶ AwaitFeatures (our Features sent) ──their Features──▶ Established
 //! ```
+//!
+//! With encryption every byte after the handshake is a record of the
+//! [`SecureChannel`]: frames are sealed on the way out and the stream is
+//! opened before it reaches the frame decoder.
 //!
 //! The connection knows nothing of other connections; whether the features
 //! it received are acceptable (not ourselves, no name collision, not a
@@ -14,6 +19,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::core::conn_maker::ConnHandle;
+use crate::core::crypto::{
+    DataKeys, Handshake, HandshakeConfig, HandshakeError, HandshakeOutcome, HandshakeProgress,
+    PskId, PublicKey, Role, SecureChannel,
+};
 use crate::core::identity::{ConnId, PeerName, PeerUid};
 use crate::core::wire::WireError;
 use crate::core::wire::addr::PeerAddr;
@@ -50,6 +59,10 @@ pub enum CloseReason {
     HandshakeTimeout(Duration),
     TooManyHandshakes(usize),
     HeartbeatTimeout(Duration),
+    /// The encryption handshake failed (wrong password, untrusted key, ...).
+    Handshake(HandshakeError),
+    /// An encrypted record failed to authenticate: tampering on the path.
+    Tampered(String),
     /// The remote end sent `Close` with this reason.
     RemoteClosed(String),
     /// The socket closed or failed (reported by the I/O shell).
@@ -85,6 +98,11 @@ impl fmt::Display for CloseReason {
                 "too many pending handshakes ({n}); refusing new connections until they finish"
             ),
             CloseReason::HeartbeatTimeout(d) => write!(f, "no heartbeat for {d:?}"),
+            CloseReason::Handshake(e) => write!(f, "{e}"),
+            CloseReason::Tampered(e) => write!(
+                f,
+                "encrypted control stream failed to authenticate ({e}): tampering on the path"
+            ),
             CloseReason::RemoteClosed(reason) => write!(f, "closed by peer: {reason}"),
             CloseReason::Io(e) => write!(f, "{e}"),
             CloseReason::Shutdown => write!(f, "router shutting down"),
@@ -96,6 +114,10 @@ impl fmt::Display for CloseReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnState {
     AwaitPreamble,
+    /// The Hello exchange and, when encrypting, the Noise handshake.
+    AwaitCrypto {
+        version: u8,
+    },
     AwaitFeatures {
         version: u8,
     },
@@ -109,7 +131,10 @@ pub enum ConnState {
 /// What a call to [`Connection::handle_bytes`] produced, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConnEvent {
-    /// Versions agreed; the router must now send our features.
+    /// Handshake bytes to write to the socket as they are.
+    Send(Vec<u8>),
+    /// Versions agreed and the stream secured (or agreed to be plaintext);
+    /// the router must now send our features.
     VersionAgreed(u8),
     /// The remote's features arrived; the connection is established unless
     /// the router rejects them.
@@ -136,6 +161,28 @@ pub struct Connection {
     preamble: Preamble,
     preamble_buf: Vec<u8>,
     decoder: FrameDecoder,
+    crypto: HandshakeConfig,
+    handshake: Option<Box<Handshake>>,
+    channel: Option<SecureChannel>,
+    /// What the encryption handshake established, if it did.
+    pub security: Option<Security>,
+    /// The data-plane receiver index we chose for this connection.
+    pub local_index: u32,
+    /// Data-plane keys, until the router takes them for the session.
+    data_keys: Option<DataKeys>,
+    /// Scratch for opened records.
+    plain: Vec<u8>,
+}
+
+/// The outcome of an encryption handshake, for status and the data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Security {
+    /// The peer's authenticated static key.
+    pub remote_static: PublicKey,
+    /// The receiver index the peer chose: datagrams to it carry this.
+    pub remote_index: u32,
+    /// Which password authenticated the peer; `None` for keys only.
+    pub psk_id: Option<PskId>,
 }
 
 impl Connection {
@@ -146,6 +193,8 @@ impl Connection {
         remote_addr: SocketAddr,
         preamble: Preamble,
         local_half: u64,
+        crypto: HandshakeConfig,
+        local_index: u32,
     ) -> Self {
         Self {
             handle,
@@ -160,7 +209,28 @@ impl Connection {
             preamble,
             preamble_buf: Vec::with_capacity(PREAMBLE_LEN),
             decoder: FrameDecoder::new(),
+            crypto,
+            handshake: None,
+            channel: None,
+            security: None,
+            local_index,
+            data_keys: None,
+            plain: Vec::new(),
         }
+    }
+
+    /// Whether control messages can be sent (the handshake is past the
+    /// point where the peer reads frames).
+    pub fn can_send_messages(&self) -> bool {
+        matches!(
+            self.state,
+            ConnState::AwaitFeatures { .. } | ConnState::Established { .. }
+        )
+    }
+
+    /// The data-plane keys the handshake derived, once.
+    pub fn take_data_keys(&mut self) -> Option<DataKeys> {
+        self.data_keys.take()
     }
 
     /// The bytes to send as soon as the socket opens.
@@ -218,8 +288,19 @@ impl Connection {
                 None => return Ok(()),
                 Some(theirs) => match self.preamble.negotiate(&theirs) {
                     Some(version) => {
-                        self.state = ConnState::AwaitFeatures { version };
-                        events.push(ConnEvent::VersionAgreed(version));
+                        self.state = ConnState::AwaitCrypto { version };
+                        let role = if self.is_outbound() {
+                            Role::Initiator
+                        } else {
+                            Role::Responder
+                        };
+                        let mut hs =
+                            Box::new(Handshake::new(role, self.crypto.clone(), self.local_index));
+                        let first = hs.start().map_err(CloseReason::Handshake)?;
+                        if !first.is_empty() {
+                            events.push(ConnEvent::Send(first));
+                        }
+                        self.handshake = Some(hs);
                     }
                     None => {
                         return Err(CloseReason::NoCommonVersion {
@@ -230,7 +311,68 @@ impl Connection {
                 },
             }
         }
-        self.decoder.push(bytes);
+        if let ConnState::AwaitCrypto { version } = self.state {
+            let Some(hs) = self.handshake.as_mut() else {
+                return Ok(());
+            };
+            match hs.handle_bytes(bytes) {
+                Ok(HandshakeProgress::Continue { send }) => {
+                    if !send.is_empty() {
+                        events.push(ConnEvent::Send(send));
+                    }
+                    return Ok(());
+                }
+                Ok(HandshakeProgress::Done {
+                    send,
+                    outcome,
+                    leftover: rest,
+                }) => {
+                    if !send.is_empty() {
+                        events.push(ConnEvent::Send(send));
+                    }
+                    self.handshake = None;
+                    if let HandshakeOutcome::Established(e) = outcome {
+                        let e = *e;
+                        self.channel = Some(e.channel);
+                        self.data_keys = Some(e.data_keys);
+                        self.security = Some(Security {
+                            remote_static: e.remote_static,
+                            remote_index: e.remote_index,
+                            psk_id: e.psk_id,
+                        });
+                    }
+                    self.state = ConnState::AwaitFeatures { version };
+                    events.push(ConnEvent::VersionAgreed(version));
+                    return self.read_stream(now, &rest, events);
+                }
+                Err(e) => {
+                    let farewell = hs.take_farewell();
+                    if !farewell.is_empty() {
+                        events.push(ConnEvent::Send(farewell));
+                    }
+                    return Err(CloseReason::Handshake(e));
+                }
+            }
+        }
+        self.read_stream(now, bytes, events)
+    }
+
+    /// Frames after the handshake: opened from records when encrypted.
+    fn read_stream(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<(), CloseReason> {
+        match self.channel.as_mut() {
+            Some(ch) => {
+                self.plain.clear();
+                ch.open(bytes, &mut self.plain)
+                    .map_err(|e| CloseReason::Tampered(e.to_string()))?;
+                self.decoder.push(&self.plain);
+            }
+            None => self.decoder.push(bytes),
+        }
         while let Some(frame) = self.decoder.next_frame().map_err(CloseReason::Protocol)? {
             let msg = ControlMessage::decode(&frame).map_err(CloseReason::Protocol)?;
             match (&self.state, msg) {
@@ -264,10 +406,10 @@ impl Connection {
                     return Err(CloseReason::RemoteClosed(reason));
                 }
                 (ConnState::Established { .. }, msg) => events.push(ConnEvent::Message(msg)),
-                (ConnState::AwaitPreamble, _) => {
+                (ConnState::AwaitPreamble | ConnState::AwaitCrypto { .. }, _) => {
                     return Err(CloseReason::Protocol(WireError::Malformed {
                         what: "handshake",
-                        detail: "frame before preamble".into(),
+                        detail: "frame before the handshake finished".into(),
                     }));
                 }
             }
@@ -276,9 +418,20 @@ impl Connection {
     }
 
     /// Frames `msg` for sending and notes the time.
+    /// Sealed into records when the connection is encrypted.
     pub fn encode(&mut self, now: Instant, msg: &ControlMessage) -> Result<Vec<u8>, WireError> {
         self.last_send = now;
-        encode_frame(&msg.encode())
+        let framed = encode_frame(&msg.encode())?;
+        let Some(ch) = self.channel.as_mut() else {
+            return Ok(framed);
+        };
+        let mut out = Vec::with_capacity(framed.len() + 64);
+        ch.seal(&framed, &mut out)
+            .map_err(|e| WireError::Malformed {
+                what: "secure channel",
+                detail: e.to_string(),
+            })?;
+        Ok(out)
     }
 }
 
@@ -316,7 +469,16 @@ mod tests {
             "192.0.2.1:40000".parse().unwrap(),
             Preamble::new(versions),
             0x0f,
+            HandshakeConfig::Plaintext,
+            7,
         )
+    }
+
+    /// What a plaintext initiator sends first.
+    fn preamble_and_hello(versions: std::ops::RangeInclusive<u8>) -> Vec<u8> {
+        let mut stream = Preamble::new(versions).emit().to_vec();
+        stream.extend(crate::core::crypto::handshake::PLAINTEXT_HELLO);
+        stream
     }
 
     /// The reason the connection must close, if the events end with one.
@@ -331,7 +493,7 @@ mod tests {
     fn completes_a_handshake_delivered_byte_by_byte() {
         let now = Instant::now();
         let mut c = conn(now, 1..=2);
-        let mut stream = Preamble::new(1..=1).emit().to_vec();
+        let mut stream = preamble_and_hello(1..=1);
         stream.extend(encode_frame(&ControlMessage::Features(features(5)).encode()).unwrap());
         stream.extend(encode_frame(&ControlMessage::Heartbeat.encode()).unwrap());
         let mut events = Vec::new();
@@ -341,6 +503,7 @@ mod tests {
         assert_eq!(
             events,
             vec![
+                ConnEvent::Send(crate::core::crypto::handshake::PLAINTEXT_HELLO.to_vec()),
                 ConnEvent::VersionAgreed(1),
                 ConnEvent::Features(features(5)),
                 ConnEvent::Message(ControlMessage::Heartbeat)
@@ -371,7 +534,7 @@ mod tests {
         assert_eq!(err, CloseReason::Protocol(WireError::BadMagic));
 
         let mut c = conn(now, 1..=1);
-        let mut stream = Preamble::new(1..=1).emit().to_vec();
+        let mut stream = preamble_and_hello(1..=1);
         stream.extend(encode_frame(&ControlMessage::Heartbeat.encode()).unwrap());
         assert!(matches!(
             closed(&c.handle_bytes(now, &stream)),
@@ -379,7 +542,7 @@ mod tests {
         ));
 
         let mut c = conn(now, 1..=1);
-        let mut stream = Preamble::new(1..=1).emit().to_vec();
+        let mut stream = preamble_and_hello(1..=1);
         stream.extend([0x7f, 0, 0, 0]);
         assert!(matches!(
             closed(&c.handle_bytes(now, &stream)),
@@ -391,7 +554,7 @@ mod tests {
     fn a_close_during_the_handshake_carries_the_remote_reason() {
         let now = Instant::now();
         let mut c = conn(now, 1..=1);
-        let mut stream = Preamble::new(1..=1).emit().to_vec();
+        let mut stream = preamble_and_hello(1..=1);
         let close = ControlMessage::Close {
             reason: "peer name collision".into(),
         };
@@ -406,7 +569,7 @@ mod tests {
     fn messages_before_a_close_in_the_same_read_are_not_lost() {
         let now = Instant::now();
         let mut c = conn(now, 1..=1);
-        let mut stream = Preamble::new(1..=1).emit().to_vec();
+        let mut stream = preamble_and_hello(1..=1);
         stream.extend(encode_frame(&ControlMessage::Features(features(5)).encode()).unwrap());
         let gossip = ControlMessage::Gossip {
             channel: "topology".into(),
@@ -423,11 +586,142 @@ mod tests {
             .unwrap(),
         );
         let events = c.handle_bytes(now, &stream);
-        assert_eq!(events.len(), 4, "{events:?}");
-        assert_eq!(events[2], ConnEvent::Message(gossip));
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(events[3], ConnEvent::Message(gossip));
         assert_eq!(
             closed(&events),
             Some(CloseReason::RemoteClosed("bye".into()))
         );
+    }
+
+    mod encrypted {
+        use super::*;
+        use crate::core::crypto::{KdfParams, NoiseConfig, Psk, PskSet, StaticKeypair};
+        use std::sync::Arc;
+
+        fn noise(password: &str) -> HandshakeConfig {
+            let psk = Psk::from_password_with(password, KdfParams::INSECURE_FAST).unwrap();
+            HandshakeConfig::Noise(
+                NoiseConfig::new(
+                    Arc::new(StaticKeypair::generate().unwrap()),
+                    Some(Arc::new(PskSet::new(psk, Vec::new()))),
+                    None,
+                )
+                .unwrap(),
+            )
+        }
+
+        fn pair(a: HandshakeConfig, b: HandshakeConfig) -> (Connection, Connection) {
+            let now = Instant::now();
+            let target = PeerAddr::from_socket("192.0.2.2:6783".parse().unwrap());
+            let mk = |dir, crypto, index| {
+                Connection::new(
+                    now,
+                    1,
+                    dir,
+                    "192.0.2.1:40000".parse().unwrap(),
+                    Preamble::new(1..=1),
+                    0x0f,
+                    crypto,
+                    index,
+                )
+            };
+            (
+                mk(Direction::Outbound { target }, a, 11),
+                mk(Direction::Inbound, b, 22),
+            )
+        }
+
+        /// Pumps bytes both ways until neither side has anything to send;
+        /// returns every non-Send event of each side.
+        fn pump(a: &mut Connection, b: &mut Connection) -> (Vec<ConnEvent>, Vec<ConnEvent>) {
+            let now = Instant::now();
+            let (mut ea, mut eb) = (Vec::new(), Vec::new());
+            let mut to_b = a.preamble_bytes();
+            let mut to_a = b.preamble_bytes();
+            for _ in 0..10 {
+                let (mut next_b, mut next_a) = (Vec::new(), Vec::new());
+                // A side that closed is gone: the router drops it.
+                if closed(&eb).is_none() {
+                    for e in b.handle_bytes(now, &to_b) {
+                        match e {
+                            ConnEvent::Send(bytes) => next_a.extend(bytes),
+                            other => eb.push(other),
+                        }
+                    }
+                }
+                if closed(&ea).is_none() {
+                    for e in a.handle_bytes(now, &to_a) {
+                        match e {
+                            ConnEvent::Send(bytes) => next_b.extend(bytes),
+                            other => ea.push(other),
+                        }
+                    }
+                }
+                if next_a.is_empty() && next_b.is_empty() {
+                    break;
+                }
+                (to_a, to_b) = (next_a, next_b);
+            }
+            (ea, eb)
+        }
+
+        #[test]
+        fn same_password_secures_the_stream_and_messages_cross_sealed() {
+            let (mut a, mut b) = pair(noise("sesame"), noise("sesame"));
+            let (ea, eb) = pump(&mut a, &mut b);
+            assert_eq!(ea, vec![ConnEvent::VersionAgreed(1)]);
+            assert_eq!(eb, vec![ConnEvent::VersionAgreed(1)]);
+            let (sa, sb) = (a.security.clone().unwrap(), b.security.clone().unwrap());
+            assert_eq!((sa.remote_index, sb.remote_index), (22, 11));
+            assert!(a.take_data_keys().is_some() && b.take_data_keys().is_some());
+            let now = Instant::now();
+            let msg = ControlMessage::Features(features(5));
+            let wire = a.encode(now, &msg).unwrap();
+            let plain = encode_frame(&msg.encode()).unwrap();
+            assert!(
+                !wire.windows(4).any(|w| w == b"peer"),
+                "the nickname crossed in clear"
+            );
+            assert_ne!(wire, plain);
+            assert_eq!(
+                b.handle_bytes(now, &wire),
+                vec![ConnEvent::Features(features(5))]
+            );
+            // A flipped byte in a record closes the connection.
+            let mut wire = a.encode(now, &ControlMessage::Heartbeat).unwrap();
+            let last = wire.len() - 1;
+            wire[last] ^= 1;
+            assert!(matches!(
+                closed(&b.handle_bytes(now, &wire)),
+                Some(CloseReason::Tampered(_))
+            ));
+        }
+
+        #[test]
+        fn mismatches_close_both_sides_with_the_reason_in_words() {
+            let cases = [
+                (noise("a"), noise("b"), "password mismatch"),
+                (HandshakeConfig::Plaintext, noise("b"), "encryption"),
+                (noise("a"), HandshakeConfig::Plaintext, "encryption"),
+            ];
+            for (x, y, words) in cases {
+                let (mut a, mut b) = pair(x, y);
+                let (ea, eb) = pump(&mut a, &mut b);
+                for (side, events) in [("dialler", &ea), ("acceptor", &eb)] {
+                    let reason = closed(events)
+                        .unwrap_or_else(|| panic!("{side} did not close: {events:?}"));
+                    assert!(
+                        matches!(reason, CloseReason::Handshake(_)),
+                        "{side}: {reason:?}"
+                    );
+                    assert!(
+                        reason.to_string().contains(words),
+                        "{side}: {reason} lacks {words:?}"
+                    );
+                }
+                assert!(a.security.is_none() && b.security.is_none());
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::core::conn_maker::{
     BackoffConfig, ConnHandle, ConnectionMaker, TargetOrigin, TargetState,
 };
 use crate::core::connection::{CloseReason, ConnEvent, ConnState, Connection, Direction};
+use crate::core::crypto::{DataLimits, DataSession, HandshakeConfig};
 use crate::core::data_path::{DataPath, DataPathConfig, ack_for_probe};
 use crate::core::gossip::{self, GossipKind, GossipStats, Gossiper, TOPOLOGY_CHANNEL};
 use crate::core::identity::{Identity, PeerName};
@@ -69,6 +70,12 @@ pub struct RouterConfig {
     /// How long an unreachable peer is kept before it is forgotten.
     pub gc_grace: Duration,
     pub backoff: BackoffConfig,
+    /// Encryption for new connections: plaintext, or Noise with a password
+    /// and/or trusted keys (core/crypto). Changing it affects only
+    /// handshakes that start afterwards.
+    pub crypto: HandshakeConfig,
+    /// Rekey limits of data-plane sessions.
+    pub data_limits: DataLimits,
     /// Seed for every random choice the core makes.
     pub seed: u64,
 }
@@ -88,6 +95,8 @@ impl RouterConfig {
             gossip_interval: Duration::from_secs(10),
             gc_grace: Duration::from_secs(15),
             backoff: BackoffConfig::default(),
+            crypto: HandshakeConfig::Plaintext,
+            data_limits: DataLimits::default(),
             seed,
         }
     }
@@ -104,6 +113,21 @@ pub enum Action {
     /// Flush pending sends, then close the connection. The core has already
     /// forgotten it; further reports about it are ignored.
     Close { conn: ConnHandle, reason: String },
+}
+
+/// A data-plane session for the I/O shell to install or drop; see
+/// [`Router::poll_session`].
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// Seal datagrams to `peer` and open datagrams carrying receiver index
+    /// `session.local_index()` with this session from now on.
+    Install {
+        peer: PeerName,
+        session: Box<DataSession>,
+    },
+    /// The connection that made the session with index `local_index` is
+    /// gone; drop the session if it is still the one installed.
+    Remove { peer: PeerName, local_index: u32 },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,6 +154,7 @@ pub struct Router {
     maker: ConnectionMaker,
     channels: BTreeMap<String, Box<dyn Gossiper>>,
     actions: VecDeque<Action>,
+    sessions_out: VecDeque<SessionEvent>,
     next_full_gossip: Instant,
     stats: GossipStats,
     /// The UDP data path to each neighbour.
@@ -172,6 +197,7 @@ impl Router {
             next_handle: 1,
             channels: BTreeMap::new(),
             actions: VecDeque::new(),
+            sessions_out: VecDeque::new(),
             next_full_gossip: first_gossip,
             stats: GossipStats::default(),
             paths: HashMap::new(),
@@ -300,6 +326,7 @@ impl Router {
                 return;
             }
             match event {
+                ConnEvent::Send(bytes) => self.actions.push_back(Action::Send { conn, bytes }),
                 ConnEvent::VersionAgreed(_) => {
                     let features = ControlMessage::Features(Features {
                         name: self.config.identity.name,
@@ -390,6 +417,17 @@ impl Router {
         for h in handles {
             self.close(now, h, CloseReason::Shutdown, true);
         }
+    }
+
+    /// The next data-plane session change for the I/O shell.
+    pub fn poll_session(&mut self) -> Option<SessionEvent> {
+        self.sessions_out.pop_front()
+    }
+
+    /// Replaces the encryption settings for handshakes from now on
+    /// (password rotation); established connections keep their sessions.
+    pub fn set_crypto(&mut self, crypto: HandshakeConfig) {
+        self.config.crypto = crypto;
     }
 
     /// The next thing for the I/O shell to do.
@@ -641,7 +679,8 @@ impl Router {
                     conn_id: c.id().map(|i| i.to_string()),
                     protocol_version: match c.state {
                         ConnState::Established { version, .. }
-                        | ConnState::AwaitFeatures { version } => Some(version),
+                        | ConnState::AwaitFeatures { version }
+                        | ConnState::AwaitCrypto { version } => Some(version),
                         ConnState::AwaitPreamble => None,
                     },
                     age_secs: now.saturating_duration_since(c.opened_at).as_secs(),
@@ -735,6 +774,8 @@ impl Router {
             remote,
             self.preamble,
             self.rng.random(),
+            self.config.crypto.clone(),
+            self.rng.random(),
         );
         self.actions.push_back(Action::Send {
             conn: handle,
@@ -816,6 +857,24 @@ impl Router {
             self.maker.connected(now, &target, conn);
         }
         self.by_peer.insert(f.name, conn);
+        if let Some(c) = self.conns.get_mut(&conn)
+            && let (Some(sec), Some(keys)) = (c.security.clone(), c.take_data_keys())
+        {
+            let session = DataSession::new(
+                c.local_index,
+                sec.remote_index,
+                keys,
+                now,
+                self.config.data_limits,
+            );
+            self.sessions_out.push_back(SessionEvent::Install {
+                peer: f.name,
+                session: Box::new(session),
+            });
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let udp_addr = SocketAddr::new(c.remote_addr.ip(), f.udp_port);
         let conn_id = c.id().map_or(0, |i| i.0);
         self.paths.insert(
@@ -1131,7 +1190,7 @@ impl Router {
             return;
         };
         let text = reason.to_string();
-        if notify && c.state != ConnState::AwaitPreamble {
+        if notify && c.can_send_messages() {
             let mut said = text.clone();
             if said.len() > MAX_REASON_LEN {
                 let mut cut = MAX_REASON_LEN;
@@ -1169,6 +1228,12 @@ impl Router {
             self.maker.disconnected(now, conn, &text, &mut self.rng);
         }
         if was_neighbour && let Some(p) = peer {
+            if c.security.is_some() {
+                self.sessions_out.push_back(SessionEvent::Remove {
+                    peer: p,
+                    local_index: c.local_index,
+                });
+            }
             self.by_peer.remove(&p);
             self.paths.remove(&p);
             self.data_version += 1;

@@ -526,6 +526,23 @@ impl std::fmt::Debug for Handshake {
     }
 }
 
+/// The `Hello` of a node without encryption, as the initiator sends it
+/// (for tests and fuzz seeds that play a plaintext peer).
+pub const PLAINTEXT_HELLO: [u8; HELLO_LEN] = [
+    HELLO_VERSION,
+    MODE_PLAINTEXT,
+    0,
+    VERDICT_PROCEED,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+];
+
 /// The cleartext first message of each side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Hello {
@@ -849,6 +866,11 @@ pub(crate) mod tests {
         assert_eq!(b.open(now, &mut buf[..n]).unwrap(), [7; 10]);
         let n = b.seal(now, &mut buf, 10).unwrap();
         assert_eq!(a.open(now, &mut buf[..n]).unwrap(), [7; 10]);
+    }
+
+    #[test]
+    fn the_plaintext_hello_constant_is_what_a_plaintext_node_sends() {
+        assert_eq!(PLAINTEXT_HELLO, Hello::plaintext().emit());
     }
 
     #[test]
