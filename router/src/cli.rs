@@ -808,7 +808,8 @@ fn check_and_bind(plan: &LaunchPlan) -> Result<Bound> {
         Ok(http) => http,
         Err(e) => {
             let client = Client::new(plan.http_addr);
-            let probe = block_on(tokio::time::timeout(PROBE_TIMEOUT, client.get_status()))?;
+            let probe =
+                block_on(async { tokio::time::timeout(PROBE_TIMEOUT, client.get_status()).await })?;
             if let Ok(Ok(other)) = probe {
                 bail!(
                     "another weft router ({} {}) is already running with HTTP API address {}; stop it with `weft stop --http-addr {}` or pick another --http-addr",
