@@ -168,6 +168,19 @@ pub fn encode_status(status: &RouterStatus) -> Result<String, std::fmt::Error> {
                 .get_or_create(&vec![("direction", direction.to_owned())])
                 .inc_by(n);
         }
+        let large = counter_family(
+            &mut registry,
+            "large_frames",
+            "TCP super-segments carried whole: sent to peers (sent), reassembled and written to the TAP device (delivered)",
+        );
+        for (direction, n) in [
+            ("sent", dp.large_frames_sent),
+            ("delivered", dp.large_frames_delivered),
+        ] {
+            large
+                .get_or_create(&vec![("direction", direction.to_owned())])
+                .inc_by(n);
+        }
         counter(
             &mut registry,
             "datagrams_relayed",
@@ -184,6 +197,7 @@ pub fn encode_status(status: &RouterStatus) -> Result<String, std::fmt::Error> {
             ("udp_too_big", dp.udp_too_big),
             ("udp_send_failed", dp.udp_send_failed),
             ("unknown_sender", dp.unknown_sender),
+            ("reassembly_abandoned", dp.reassembly_abandoned),
         ];
         let reasons = dp.dropped.iter().map(|(r, n)| (r.as_str(), *n));
         for (reason, n) in reasons.chain(errors) {
