@@ -1,12 +1,11 @@
 //! The `weft` command line: argument parsing, validation, and the commands
-//! (launch, status, report, stop, connect, forget, attach, detach, ps,
-//! version).
+//! (launch, status, report, stop, reset, connect, forget, attach, detach,
+//! ps, expose, hide, version, completions).
 //!
 //! Every value a user types is validated before anything starts, and every
 //! error is one line naming the problem and what to do about it.
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -17,27 +16,32 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::core::RouterConfig;
 use crate::core::identity::{Identity, PeerName, PeerUid, validate_nickname};
 use crate::core::router::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
-use crate::core::status::RouterStatus;
 use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
-use crate::shell::attach::{AttachmentInfo, DEFAULT_IFNAME, Netns, parse_cidrs};
-use crate::shell::client::Client;
+use crate::format::{View, format_dot, format_ps, format_status, format_view};
+use crate::shell::attach::{AttachmentRecord, DEFAULT_IFNAME, Netns, parse_cidrs};
+use crate::shell::client::{Client, ClientError};
 use crate::shell::daemon::{self, DaemonConfig};
 use crate::shell::home::{self, DEFAULT_HOME, Home};
 use crate::shell::host::{self, DEFAULT_BRIDGE, DEFAULT_MTU, DEFAULT_TAP, HostConfig, MTU_RANGE};
 use crate::shell::http_api::{AttachRequest, DetachRequest};
+use crate::shell::preflight;
 use crate::shell::sockets::{self, Service};
 
 /// Where the HTTP API listens unless told otherwise: loopback only, since
 /// the API is unauthenticated.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
+
+/// Where the read-only status listener (report, metrics, topology page)
+/// listens unless told otherwise.
+pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:6782";
 
 /// Nickname used when the host name is not a valid one.
 const FALLBACK_NICKNAME: &str = "weft";
@@ -49,6 +53,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Log lines shown when a daemonised router dies during startup.
 const LOG_TAIL_LINES: usize = 10;
+
+/// How long a launch whose API address is taken waits to learn whether a
+/// weft router holds it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
@@ -63,14 +71,16 @@ pub struct Cli {
 pub enum Command {
     /// Start a router (in the background unless --foreground).
     Launch(LaunchArgs),
-    /// Show the router's state for a person.
-    Status(ApiArgs),
-    /// Print the router's state as JSON.
+    /// Show the router's state for a person (or, with --dot, for Graphviz).
+    Status(StatusArgs),
+    /// Print the router's state as JSON (field names: docs/api.md).
     Report(ApiArgs),
     /// Stop the router.
     Stop(ApiArgs),
+    /// Stop the router and remove its persisted state and host setup.
+    Reset(ResetArgs),
     /// Connect to more peers (and keep them connected).
-    Connect(PeersArgs),
+    Connect(ConnectArgs),
     /// Stop keeping these peers connected.
     Forget(PeersArgs),
     /// Plug a network namespace (a container) into the bridge.
@@ -79,8 +89,64 @@ pub enum Command {
     Detach(DetachArgs),
     /// List the attached network namespaces.
     Ps(ApiArgs),
+    /// Give the host itself an address on the overlay (on the bridge).
+    Expose(ExposeArgs),
+    /// Take the host's overlay addresses away again.
+    Hide(ExposeArgs),
     /// Print the version.
     Version,
+    /// Print a shell completion script, e.g. `weft completions bash >
+    /// /etc/bash_completion.d/weft`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Show only this list.
+    #[arg(value_enum)]
+    pub view: Option<View>,
+    /// Print the topology as a Graphviz graph (`weft status --dot | dot
+    /// -Tsvg > mesh.svg`).
+    #[arg(long, conflicts_with = "view")]
+    pub dot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub peers: PeersArgs,
+    /// Forget every other peer given before (with `weft launch` or
+    /// `weft connect`): these become the only ones.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// State directory of the router to reset.
+    #[arg(long, env = "WEFT_HOME", default_value = DEFAULT_HOME, value_name = "DIR")]
+    pub home: PathBuf,
+    /// The bridge the router used (`weft launch --bridge`).
+    #[arg(long, default_value = DEFAULT_BRIDGE, value_name = "NAME")]
+    pub bridge: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExposeArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Addresses for the host on the bridge, like 10.32.0.254/12. expose
+    /// without one re-applies the ones exposed before; hide without one
+    /// removes all.
+    #[arg(value_name = "CIDR")]
+    pub cidrs: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +237,17 @@ pub struct LaunchArgs {
     /// Address of the HTTP API to serve.
     #[arg(long, env = "WEFT_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR, value_name = "IP:PORT")]
     pub http_addr: String,
+    /// Address of the read-only status listener: the topology page at /,
+    /// the JSON report, /metrics for Prometheus.
+    #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR, value_name = "IP:PORT")]
+    pub status_addr: String,
+    /// Reconnect to the peers persisted by the last run (launch and
+    /// `weft connect`) instead of peers given here.
+    #[arg(long, conflicts_with = "peers")]
+    pub resume: bool,
+    /// File holding the password that encrypts the mesh (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Run in this process, logging to stderr, instead of in the background.
     #[arg(long)]
     pub foreground: bool,
@@ -208,6 +285,14 @@ pub struct LaunchPlan {
     pub discovery: bool,
     pub home: PathBuf,
     pub http_addr: SocketAddr,
+    pub status_addr: SocketAddr,
+    /// Take the peers from the home's persisted targets.
+    pub resume: bool,
+    /// Where the password came from, to hand the same file to the
+    /// background router.
+    pub password_file: Option<PathBuf>,
+    /// The mesh password read from `--password-file`.
+    pub password: Option<String>,
     pub foreground: bool,
     pub log_level: String,
     pub heartbeat_interval: Duration,
@@ -237,6 +322,17 @@ impl LaunchArgs {
             bail!("invalid --port 0: pick a port from 1 to 65535 (the default is {DEFAULT_PORT})");
         }
         let http_addr = parse_http_addr(&self.http_addr)?;
+        let status_addr = parse_addr("--status-addr", &self.status_addr, DEFAULT_STATUS_ADDR)?;
+        if status_addr == http_addr {
+            bail!(
+                "--status-addr and --http-addr are both {http_addr}; give them different ports (defaults {DEFAULT_STATUS_ADDR} and {DEFAULT_HTTP_ADDR})"
+            );
+        }
+        let password = self
+            .password_file
+            .as_deref()
+            .map(read_password_file)
+            .transpose()?;
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
             bail!(
                 "invalid --log-level {:?}: use one of {}",
@@ -288,6 +384,10 @@ impl LaunchArgs {
             discovery: !self.no_discovery,
             home,
             http_addr,
+            status_addr,
+            resume: self.resume,
+            password_file: self.password_file.clone(),
+            password,
             foreground: self.foreground,
             log_level: self.log_level.clone(),
             heartbeat_interval,
@@ -315,6 +415,8 @@ impl LaunchPlan {
             self.port.to_string().into(),
             "--http-addr".into(),
             self.http_addr.to_string().into(),
+            "--status-addr".into(),
+            self.status_addr.to_string().into(),
             "--log-level".into(),
             self.log_level.clone().into(),
             "--heartbeat-interval".into(),
@@ -328,6 +430,9 @@ impl LaunchPlan {
         ];
         if !self.discovery {
             args.push("--no-discovery".into());
+        }
+        if let Some(file) = &self.password_file {
+            args.extend(["--password-file".into(), file.clone().into()]);
         }
         match &self.host {
             Some(host) => args.extend([
@@ -365,17 +470,26 @@ impl LaunchPlan {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Launch(args) => {
-            let plan = args.validate()?;
+            let mut plan = args.validate()?;
+            if plan.resume {
+                plan.peers = home::load_targets(&home::targets_path(&plan.home))?;
+                plan.resume = false;
+            }
             if plan.foreground {
                 launch_foreground(&plan)
             } else {
                 launch_background(&plan)
             }
         }
-        Command::Status(api) => {
-            let client = Client::new(parse_http_addr(&api.http_addr)?);
+        Command::Status(args) => {
+            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
             let status = block_on(client.get_status())??;
-            print!("{}", format_status(&status));
+            let text = match args.view {
+                _ if args.dot => format_dot(&status),
+                Some(view) => format_view(&status, view),
+                None => format_status(&status),
+            };
+            print!("{text}");
             Ok(())
         }
         Command::Report(api) => {
@@ -390,10 +504,17 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("weft router stopped");
             Ok(())
         }
-        Command::Connect(args) => {
+        Command::Reset(args) => reset(&args),
+        Command::Connect(ConnectArgs {
+            peers: args,
+            replace,
+        }) => {
             let client = Client::new(parse_http_addr(&args.api.http_addr)?);
             validate_peers(&args.peers)?;
-            let answer = block_on(client.post_connect(&args.peers))??;
+            let answer = block_on(client.post_connect(&args.peers, replace))??;
+            for addr in answer.forgotten {
+                println!("forgot {addr}");
+            }
             for added in answer.added {
                 println!("connecting to {added}");
             }
@@ -450,11 +571,69 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", format_ps(&ps.attachments));
             Ok(())
         }
+        Command::Expose(args) => {
+            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            parse_cidrs(&args.cidrs)?;
+            let answer = block_on(client.post_expose(&args.cidrs))??;
+            println!("host exposed as {}", answer.exposed.join(" "));
+            Ok(())
+        }
+        Command::Hide(args) => {
+            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            parse_cidrs(&args.cidrs)?;
+            let answer = block_on(client.post_hide(&args.cidrs))??;
+            if answer.hidden.is_empty() {
+                println!("nothing was exposed");
+            } else {
+                println!("hid {}", answer.hidden.join(" "));
+            }
+            Ok(())
+        }
         Command::Version => {
             println!("{}", version_line());
             Ok(())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// `weft reset`: stops the router if one answers, then removes the bridge,
+/// the TAP device, the attached containers' veths and every file the
+/// router kept. A router that holds the home but answers elsewhere is
+/// left alone, with an error.
+fn reset(args: &ResetArgs) -> Result<()> {
+    let http_addr = parse_http_addr(&args.api.http_addr)?;
+    host::check_ifname(&args.bridge).map_err(|e| anyhow!("invalid --bridge: {e}"))?;
+    let home = std::path::absolute(&args.home)
+        .with_context(|| format!("cannot resolve --home {}", args.home.display()))?;
+    let client = Client::new(http_addr);
+    match block_on(stop(client))? {
+        Ok(()) => println!("weft router stopped"),
+        Err(e)
+            if e.downcast_ref::<ClientError>()
+                .is_some_and(ClientError::is_not_running) => {}
+        Err(e) => return Err(e),
+    }
+    Home::check_free(&home)?;
+    let attachments = home.join(home::ATTACHMENTS_FILE);
+    let records: Vec<AttachmentRecord> = match std::fs::read(&attachments) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let host_ifnames: Vec<String> = records.into_iter().map(|r| r.host_ifname).collect();
+    block_on(host::remove_all(&args.bridge, DEFAULT_TAP, &host_ifnames))??;
+    let removed = home::reset(&home)?;
+    println!(
+        "weft reset: removed bridge {} and {} file{} from {}",
+        args.bridge,
+        removed.len(),
+        if removed.len() == 1 { "" } else { "s" },
+        home.display()
+    );
+    Ok(())
 }
 
 fn version_line() -> String {
@@ -467,11 +646,9 @@ fn version_line() -> String {
 /// Runs the router in this process until it is stopped.
 fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
     init_logging(&plan.log_level);
+    let sockets = check_and_bind(plan)?;
     let mut home = Home::open(&plan.home)?;
     let name = home.peer_name(plan.name)?;
-    let mesh = sockets::bind(plan.mesh_addr(), Service::Mesh)?;
-    let udp = sockets::bind_udp(plan.port)?;
-    let http = sockets::bind(plan.http_addr, Service::Api)?;
     home.write_pid()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -479,18 +656,21 @@ fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let mesh =
-            tokio::net::TcpListener::from_std(mesh).context("cannot use the mesh listener")?;
-        let http =
-            tokio::net::TcpListener::from_std(http).context("cannot use the HTTP API listener")?;
+        let mesh = tokio::net::TcpListener::from_std(sockets.mesh)
+            .context("cannot use the mesh listener")?;
+        let http = tokio::net::TcpListener::from_std(sockets.http)
+            .context("cannot use the HTTP API listener")?;
+        let status = tokio::net::TcpListener::from_std(sockets.status)
+            .context("cannot use the status listener")?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let config = DaemonConfig {
             router: plan.router_config(name),
             targets: plan.peers.clone(),
             home: Some(home),
-            udp: Some(udp),
+            udp: Some(sockets.udp),
             host: plan.host.clone(),
+            status: Some(status),
         };
         daemon::run(config, mesh, http, shutdown).await?;
         Ok(())
@@ -527,13 +707,11 @@ fn init_logging(level: &str) {
 fn launch_background(plan: &LaunchPlan) -> Result<()> {
     // Check what can be checked here, so the common mistakes are reported
     // directly rather than through the child's log.
+    drop(check_and_bind(plan)?);
     let name = {
         let home = Home::open(&plan.home)?;
         home.peer_name(plan.name)?
     };
-    drop(sockets::bind(plan.mesh_addr(), Service::Mesh)?);
-    drop(sockets::bind_udp(plan.port)?);
-    drop(sockets::bind(plan.http_addr, Service::Api)?);
 
     let log_path = home::log_path(&plan.home);
     let log = OpenOptions::new()
@@ -608,6 +786,70 @@ fn launch_background(plan: &LaunchPlan) -> Result<()> {
     Ok(())
 }
 
+/// The listening sockets of a launch.
+struct Bound {
+    mesh: std::net::TcpListener,
+    udp: std::net::UdpSocket,
+    http: std::net::TcpListener,
+    status: std::net::TcpListener,
+}
+
+/// Everything a launch can check before it creates anything: privileges
+/// and `/dev/net/tun` (with a bridge), that no router holds the home, and
+/// that every port is free. The error says what to do; nothing is left
+/// behind, not even the home directory.
+fn check_and_bind(plan: &LaunchPlan) -> Result<Bound> {
+    if plan.host.is_some() {
+        preflight::check_net_admin()?;
+        preflight::check_tun(Path::new(preflight::TUN_PATH))?;
+    }
+    Home::check_free(&plan.home)?;
+    let http = match sockets::bind(plan.http_addr, Service::Api) {
+        Ok(http) => http,
+        Err(e) => {
+            let client = Client::new(plan.http_addr);
+            let probe =
+                block_on(async { tokio::time::timeout(PROBE_TIMEOUT, client.get_status()).await })?;
+            if let Ok(Ok(other)) = probe {
+                bail!(
+                    "another weft router ({} {}) is already running with HTTP API address {}; stop it with `weft stop --http-addr {}` or pick another --http-addr",
+                    other.name,
+                    other.nickname,
+                    plan.http_addr,
+                    plan.http_addr
+                );
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(Bound {
+        mesh: sockets::bind(plan.mesh_addr(), Service::Mesh)?,
+        udp: sockets::bind_udp(plan.port)?,
+        status: sockets::bind(plan.status_addr, Service::Status)?,
+        http,
+    })
+}
+
+/// Reads the mesh password: the file's first line, which must not be
+/// empty.
+fn read_password_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow!(
+            "cannot read --password-file {}: {}; give a readable file holding the password",
+            path.display(),
+            crate::shell::describe_io_error(&e)
+        )
+    })?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    if password.is_empty() {
+        bail!(
+            "--password-file {} is empty; put the password on its first line",
+            path.display()
+        );
+    }
+    Ok(password)
+}
+
 /// The last lines written to `path` after `start`, indented.
 fn log_tail(path: &Path, start: u64) -> String {
     let mut text = String::new();
@@ -662,9 +904,12 @@ fn validate_peers(peers: &[String]) -> Result<()> {
 }
 
 fn parse_http_addr(s: &str) -> Result<SocketAddr> {
-    s.parse().map_err(|_| {
-        anyhow!("invalid --http-addr {s:?}: expected IP:PORT, such as {DEFAULT_HTTP_ADDR}")
-    })
+    parse_addr("--http-addr", s, DEFAULT_HTTP_ADDR)
+}
+
+fn parse_addr(flag: &str, s: &str, example: &str) -> Result<SocketAddr> {
+    s.parse()
+        .map_err(|_| anyhow!("invalid {flag} {s:?}: expected IP:PORT, such as {example}"))
 }
 
 fn parse_duration(flag: &str, value: Option<&str>, default: Duration) -> Result<Duration> {
@@ -688,218 +933,11 @@ fn default_nickname() -> String {
         .unwrap_or_else(|| FALLBACK_NICKNAME.to_owned())
 }
 
-/// `weft status`: the router's state for a person.
-pub fn format_status(st: &RouterStatus) -> String {
-    let label = |name: &str, nickname: Option<&str>| match nickname {
-        Some(n) => format!("{name} ({n})"),
-        None => name.to_owned(),
-    };
-    let nickname_of = |name: &str| {
-        st.peers
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.nickname.as_str())
-    };
-    let established = st
-        .connections
-        .iter()
-        .filter(|c| c.state == "established")
-        .count();
-    let reachable = st
-        .peers
-        .iter()
-        .filter(|p| p.reachable || p.is_local)
-        .count();
-
-    let mut out = String::new();
-    let mut field = |key: &str, value: String| {
-        let _ = writeln!(out, "{key:>15}: {value}");
-    };
-    field(
-        "Version",
-        format!(
-            "{} (protocol {}..{})",
-            st.version, st.protocol_min, st.protocol_max
-        ),
-    );
-    field("Name", label(&st.name, Some(&st.nickname)));
-    field("Listen port", st.listen_port.to_string());
-    field("Topology v.", st.topology_version.to_string());
-    field(
-        "Peer discovery",
-        if st.discovery { "enabled" } else { "disabled" }.into(),
-    );
-    field("Targets", st.targets.len().to_string());
-    field(
-        "Connections",
-        format!(
-            "{} ({established} established, {} handshaking)",
-            st.connections.len(),
-            st.connections.len() - established
-        ),
-    );
-    field(
-        "Peers",
-        format!("{} ({reachable} reachable)", st.peers.len()),
-    );
-
-    if !st.connections.is_empty() {
-        out.push_str("\nConnections:\n");
-        let rows = st
-            .connections
-            .iter()
-            .map(|c| {
-                let arrow = if c.direction == "outbound" {
-                    "->"
-                } else {
-                    "<-"
-                };
-                let peer = match &c.peer {
-                    Some(p) => label(p, c.nickname.as_deref()),
-                    None => "-".into(),
-                };
-                let id = c
-                    .conn_id
-                    .as_ref()
-                    .map(|id| format!("conn {id}"))
-                    .unwrap_or_default();
-                let data = match &c.data_path {
-                    Some(d) if d.usable && d.pmtu_verified => format!("udp ok, pmtu {}", d.pmtu),
-                    Some(d) if d.usable => format!("udp ok, pmtu {} (unverified)", d.pmtu),
-                    Some(_) => "udp down: data avoids this link".into(),
-                    None => String::new(),
-                };
-                vec![
-                    arrow.into(),
-                    c.address.clone(),
-                    peer,
-                    c.state.clone(),
-                    data,
-                    id,
-                ]
-            })
-            .collect();
-        out.push_str(&table(rows));
-    }
-    if !st.targets.is_empty() {
-        out.push_str("\nTargets:\n");
-        let rows = st
-            .targets
-            .iter()
-            .map(|t| {
-                let mut detail = Vec::new();
-                if t.failures > 0 {
-                    detail.push(format!(
-                        "{} failure{}",
-                        t.failures,
-                        if t.failures == 1 { "" } else { "s" }
-                    ));
-                }
-                if let Some(e) = &t.last_error {
-                    detail.push(format!("last error: {e}"));
-                }
-                if let Some(s) = t.retry_in_secs {
-                    detail.push(format!("next try in {s}s"));
-                }
-                vec![
-                    t.address.clone(),
-                    t.origin.clone(),
-                    t.state.clone(),
-                    detail.join(", "),
-                ]
-            })
-            .collect();
-        out.push_str(&table(rows));
-    }
-    if !st.peers.is_empty() {
-        out.push_str("\nPeers:\n");
-        let rows = st
-            .peers
-            .iter()
-            .map(|p| {
-                let me = label(&p.name, Some(&p.nickname));
-                let (state, route) = if p.is_local {
-                    ("self", String::new())
-                } else if !p.reachable {
-                    ("unreachable", String::new())
-                } else {
-                    let route = match (&p.next_hop, p.hops) {
-                        (Some(hop), Some(hops)) if *hop != p.name => {
-                            format!("via {}, {hops} hops", label(hop, nickname_of(hop)))
-                        }
-                        (Some(hop), None) if *hop != p.name => {
-                            format!("via {}", label(hop, nickname_of(hop)))
-                        }
-                        _ => "direct".into(),
-                    };
-                    ("reachable", route)
-                };
-                vec![me, state.into(), route]
-            })
-            .collect();
-        out.push_str(&table(rows));
-    }
-    out
-}
-
-/// `weft ps`: one line per attachment under a header.
-pub fn format_ps(attachments: &[AttachmentInfo]) -> String {
-    if attachments.is_empty() {
-        return "no namespace is attached\n".into();
-    }
-    let mut rows = vec![vec![
-        "NAMESPACE".to_owned(),
-        "INTERFACE".into(),
-        "MAC".into(),
-        "ADDRESSES".into(),
-        "HOST END".into(),
-        "STATE".into(),
-    ]];
-    rows.extend(attachments.iter().map(|a| {
-        let addresses = if a.addresses.is_empty() {
-            "-".into()
-        } else {
-            a.addresses.join(",")
-        };
-        vec![
-            a.netns.label(),
-            a.ifname.clone(),
-            a.mac.clone().unwrap_or_else(|| "-".into()),
-            addresses,
-            a.host_ifname.clone(),
-            a.state.clone(),
-        ]
-    }));
-    table(rows)
-}
-
-/// Left-aligned columns two spaces apart, indented two spaces.
-fn table(rows: Vec<Vec<String>>) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::from(" ");
-        for (cell, width) in row.iter().zip(&widths) {
-            let _ = write!(line, " {cell:<width$} ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::status::RouterStatus;
+    use crate::shell::attach::AttachmentInfo;
 
     fn launch(args: &[&str]) -> LaunchArgs {
         let mut argv = vec!["weft", "launch"];
@@ -1188,11 +1226,12 @@ mod tests {
         let text = format_status(&sample_status());
         let expected = "        Version: 0.1.0 (protocol 1..1)
            Name: 7a:1f:00:9c:3e:01 (host-a)
+     Encryption: disabled
     Listen port: 6783
     Topology v.: 7
  Peer discovery: enabled
         Targets: 2
-    Connections: 2 (1 established, 1 handshaking)
+    Connections: 3 (1 established, 1 pending, 1 retrying)
           Peers: 4 (3 reachable)
 
 Connections:
@@ -1210,5 +1249,154 @@ Peers:
   7a:1f:00:9c:3e:04 (host-d)  unreachable
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_sub_views_list_one_kind_each() {
+        let st = sample_status();
+        let peers = format_view(&st, View::Peers);
+        assert_eq!(peers.lines().count(), 4, "{peers}");
+        assert!(peers.contains("via 7a:1f:00:9c:3e:02 (host-b), 2 hops"));
+        let targets = format_view(&st, View::Targets);
+        assert_eq!(targets.lines().count(), 2, "{targets}");
+        let connections = format_view(&st, View::Connections);
+        assert_eq!(connections.lines().count(), 2, "{connections}");
+        let mut empty = st.clone();
+        empty.targets.clear();
+        assert_eq!(format_view(&empty, View::Targets), "");
+    }
+
+    #[test]
+    fn connections_count_failed_targets_after_three_failures() {
+        let mut st = sample_status();
+        st.targets[1].failures = 3;
+        let counts = st.connection_counts();
+        assert_eq!((counts.established, counts.pending), (1, 1));
+        assert_eq!((counts.retrying, counts.failed), (0, 1));
+        assert!(format_status(&st).contains("Connections: 3 (1 established, 1 pending, 1 failed)"));
+    }
+
+    #[test]
+    fn dot_has_every_peer_and_each_connection_once() {
+        let mut st = sample_status();
+        let link = |peer: &str, established| crate::core::status::PeerConnectionStatus {
+            peer: peer.into(),
+            address: None,
+            outbound: true,
+            established,
+        };
+        st.peers[0].connections = vec![link("7a:1f:00:9c:3e:02", true)];
+        st.peers[1].connections = vec![
+            link("7a:1f:00:9c:3e:01", true),
+            link("7a:1f:00:9c:3e:03", false),
+        ];
+        let dot = format_dot(&st);
+        assert!(
+            dot.starts_with("graph weft {\n") && dot.ends_with("}\n"),
+            "{dot}"
+        );
+        for peer in ["host-a", "host-b", "host-c", "host-d"] {
+            assert!(
+                dot.contains(&format!("[label=\"{peer}\\n")),
+                "{peer}: {dot}"
+            );
+        }
+        assert!(dot.contains(
+            "\"7a:1f:00:9c:3e:01\" -- \"7a:1f:00:9c:3e:02\" [color=\"#2e7d32\", penwidth=3];"
+        ));
+        assert!(dot.contains(
+            "\"7a:1f:00:9c:3e:02\" -- \"7a:1f:00:9c:3e:03\" [color=\"#ef6c00\", style=dashed];"
+        ));
+        assert_eq!(dot.matches(" -- ").count(), 2, "{dot}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        let mut argv = vec!["weft"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| c.command)
+    }
+
+    #[test]
+    fn every_command_has_help_and_completions_generate() {
+        Cli::command().debug_assert();
+        for shell in ["bash", "zsh", "fish"] {
+            assert!(matches!(
+                parse(&["completions", shell]),
+                Ok(Command::Completions { .. })
+            ));
+        }
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "weft",
+            &mut out,
+        );
+        let script = String::from_utf8(out).unwrap();
+        for command in ["launch", "expose", "reset", "completions"] {
+            assert!(script.contains(command), "{command} missing");
+        }
+    }
+
+    #[test]
+    fn status_connect_and_launch_flags_parse() {
+        assert!(matches!(
+            parse(&["status", "peers"]),
+            Ok(Command::Status(StatusArgs {
+                view: Some(View::Peers),
+                dot: false,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            parse(&["status", "--dot"]),
+            Ok(Command::Status(StatusArgs {
+                view: None,
+                dot: true,
+                ..
+            }))
+        ));
+        assert!(parse(&["status", "peers", "--dot"]).is_err());
+        assert!(parse(&["status", "routes"]).is_err());
+        assert!(matches!(
+            parse(&["connect", "--replace", "192.0.2.1"]),
+            Ok(Command::Connect(ConnectArgs { replace: true, .. }))
+        ));
+        assert!(
+            parse(&["launch", "--resume", "192.0.2.1"]).is_err(),
+            "--resume takes the peers from the last run"
+        );
+        let plan = launch(&["--resume", "--status-addr", "127.0.0.1:7782"])
+            .validate()
+            .unwrap();
+        assert!(plan.resume);
+        assert_eq!(plan.status_addr, "127.0.0.1:7782".parse().unwrap());
+        let e = error(&["--status-addr", "127.0.0.1:6784"]);
+        assert!(e.contains("--status-addr and --http-addr"), "{e}");
+        let e = error(&["--status-addr", "nowhere"]);
+        assert!(e.contains("invalid --status-addr"), "{e}");
+    }
+
+    #[test]
+    fn the_password_file_is_read_or_explained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("pw");
+        std::fs::write(&file, "s3cret\nignored\n").unwrap();
+        let plan = launch(&["--password-file", file.to_str().unwrap()])
+            .validate()
+            .unwrap();
+        assert_eq!(plan.password.as_deref(), Some("s3cret"));
+        let missing = tmp.path().join("absent");
+        let e = error(&["--password-file", missing.to_str().unwrap()]);
+        assert_eq!(
+            e,
+            format!(
+                "cannot read --password-file {}: No such file or directory; give a readable file holding the password",
+                missing.display()
+            )
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let e = error(&["--password-file", file.to_str().unwrap()]);
+        assert!(e.contains("is empty"), "{e}");
     }
 }

@@ -607,6 +607,7 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
                 tap: "tap-weft".into(),
                 mtu: 1400,
             }),
+            status: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));

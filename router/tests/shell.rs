@@ -47,6 +47,7 @@ async fn start_router(seed: u64) -> TestRouter {
         home: None,
         udp: Some(udp),
         host: None,
+        status: None,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));
@@ -98,7 +99,11 @@ async fn two_routers_connect_see_each_other_and_notice_a_stop() {
     let a = start_router(1).await;
     let b = start_router(2).await;
 
-    let answer = b.client.post_connect(&[a.mesh.to_string()]).await.unwrap();
+    let answer = b
+        .client
+        .post_connect(&[a.mesh.to_string()], false)
+        .await
+        .unwrap();
     assert_eq!(answer.added, [a.mesh.to_string()]);
 
     let sees =
@@ -138,7 +143,10 @@ async fn two_routers_connect_see_each_other_and_notice_a_stop() {
 async fn a_stopped_peer_is_redialled_with_a_clear_error_until_forgotten() {
     let a = start_router(3).await;
     let b = start_router(4).await;
-    a.client.post_connect(&[b.mesh.to_string()]).await.unwrap();
+    a.client
+        .post_connect(&[b.mesh.to_string()], false)
+        .await
+        .unwrap();
     wait_for(&a, 10, "a sees b", |s| established_with(s, b.name)).await;
 
     // Cancelling the token is what SIGTERM does.
@@ -188,7 +196,10 @@ async fn a_silent_peer_is_declared_dead_by_heartbeat_timeout() {
     let b = start_router(7).await;
     let silence = CancellationToken::new();
     let relay = silent_relay(a.mesh, silence.clone()).await;
-    b.client.post_connect(&[relay.to_string()]).await.unwrap();
+    b.client
+        .post_connect(&[relay.to_string()], false)
+        .await
+        .unwrap();
     wait_for(&a, 10, "a sees b", |s| established_with(s, b.name)).await;
     wait_for(&b, 10, "b sees a", |s| established_with(s, a.name)).await;
 
@@ -214,7 +225,7 @@ async fn the_api_rejects_bad_requests_with_json_errors() {
     let a = start_router(5).await;
     let err = a
         .client
-        .post_connect(&["192.0.2.1:1".into(), "host:port".into()])
+        .post_connect(&["192.0.2.1:1".into(), "host:port".into()], false)
         .await
         .unwrap_err()
         .to_string();
@@ -380,7 +391,10 @@ fn cli_launches_in_the_background_reports_and_stops() {
 async fn udp_heartbeats_bring_the_data_path_up_with_a_verified_pmtu() {
     let a = start_router(31).await;
     let b = start_router(32).await;
-    a.client.post_connect(&[b.mesh.to_string()]).await.unwrap();
+    a.client
+        .post_connect(&[b.mesh.to_string()], false)
+        .await
+        .unwrap();
     let usable = |s: &RouterStatus| {
         s.connections.iter().any(|c| {
             c.data_path

@@ -318,6 +318,40 @@ impl Net {
         &self.tmp
     }
 
+    /// `GET path` over HTTP/1.0 from inside host or container `name`'s
+    /// namespace to `addr` (such as the status listener on 127.0.0.1):
+    /// returns the status code and the body. A thread enters the
+    /// namespace for the request, so no tool is needed.
+    pub fn http_get(&self, name: &str, addr: &str, path: &str) -> Result<(u16, String)> {
+        let ns_path = Path::new("/var/run/netns").join(self.ns(name));
+        let addr = addr.to_owned();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let response = std::thread::spawn(move || -> Result<String> {
+            use std::io::{Read, Write};
+            let ns = File::open(&ns_path).with_context(|| ns_path.display().to_string())?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", ns_path.display()))?;
+            let mut stream = std::net::TcpStream::connect(&addr)
+                .with_context(|| format!("connecting to {addr}"))?;
+            stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+            stream.write_all(request.as_bytes())?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .join()
+        .map_err(|_| anyhow!("the HTTP thread panicked"))??;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("no HTTP header in {response:?}"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("no HTTP status in {head:?}"))?;
+        Ok((code, body.to_owned()))
+    }
+
     /// The path of the `weft` binary the routers run.
     pub fn weft_path(&self) -> &Path {
         &self.weft

@@ -759,6 +759,10 @@ impl Router {
             targets,
             peers,
             data_plane: None,
+            encryption: Default::default(),
+            handshake_failures: Default::default(),
+            gossip: Vec::new(),
+            exposed: Vec::new(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! A snapshot of the router for `weft status` and the HTTP API. Field names
 //! are part of the API (`docs/api.md`): add, never rename.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +23,105 @@ pub struct RouterStatus {
     pub peers: Vec<PeerStatus>,
     /// Frame counters, when the data plane runs.
     pub data_plane: Option<DataPlaneStatus>,
+    /// Encryption of the mesh; `"disabled"` until it is configured.
+    #[serde(default)]
+    pub encryption: EncryptionStatus,
+    /// Connections that ended before their handshake completed, by reason
+    /// (see `docs/api.md` for the reasons).
+    #[serde(default)]
+    pub handshake_failures: BTreeMap<String, u64>,
+    /// Gossip traffic by channel and kind, since start.
+    #[serde(default)]
+    pub gossip: Vec<GossipStatus>,
+    /// Addresses the host itself has on the bridge (`weft expose`).
+    #[serde(default)]
+    pub exposed: Vec<String>,
+}
+
+impl RouterStatus {
+    /// Connections and targets counted the way `weft status` and the
+    /// metrics show them.
+    pub fn connection_counts(&self) -> ConnectionCounts {
+        let mut counts = ConnectionCounts::default();
+        for c in &self.connections {
+            match c.state.as_str() {
+                "established" => counts.established += 1,
+                _ => counts.pending += 1,
+            }
+        }
+        for t in &self.targets {
+            match t.state.as_str() {
+                "connecting" => counts.pending += 1,
+                "retrying" if t.failures >= FAILED_AFTER => counts.failed += 1,
+                "retrying" => counts.retrying += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+}
+
+/// Consecutive failures after which a retrying target counts as failed
+/// rather than retrying: a peer that refused three times in a row is
+/// most likely down or blocked, not briefly unavailable.
+pub const FAILED_AFTER: u32 = 3;
+
+/// Connections by state: established and handshaking connections, plus
+/// targets being dialled (pending), waiting to retry after fewer than
+/// [`FAILED_AFTER`] failures (retrying) or after more (failed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    pub established: usize,
+    pub pending: usize,
+    pub retrying: usize,
+    pub failed: usize,
+}
+
+impl ConnectionCounts {
+    /// `(state, count)` in display order.
+    pub fn by_state(&self) -> [(&'static str, usize); 4] {
+        [
+            ("established", self.established),
+            ("pending", self.pending),
+            ("retrying", self.retrying),
+            ("failed", self.failed),
+        ]
+    }
+}
+
+/// How the mesh is encrypted, and the counters of the encryption layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionStatus {
+    /// `"disabled"`, or the mode once encryption is configured.
+    pub mode: String,
+    /// Datagrams dropped because they replayed an earlier one.
+    #[serde(default)]
+    pub replay_drops: u64,
+    /// Session keys replaced since start.
+    #[serde(default)]
+    pub rekeys: u64,
+}
+
+impl Default for EncryptionStatus {
+    fn default() -> Self {
+        Self {
+            mode: "disabled".into(),
+            replay_drops: 0,
+            rekeys: 0,
+        }
+    }
+}
+
+/// Gossip messages and bytes of one channel and kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipStatus {
+    pub channel: String,
+    /// `delta`, `full_state`, `unicast` or `broadcast`.
+    pub kind: String,
+    pub sent_messages: u64,
+    pub sent_bytes: u64,
+    pub received_messages: u64,
+    pub received_bytes: u64,
 }
 
 /// Data-plane counters since start.
@@ -45,7 +146,7 @@ pub struct DataPlaneStatus {
     #[serde(default)]
     pub reassembly_abandoned: u64,
     /// Frames or datagrams dropped, by reason.
-    pub dropped: std::collections::BTreeMap<String, u64>,
+    pub dropped: BTreeMap<String, u64>,
     pub tap_write_errors: u64,
     pub udp_too_big: u64,
     pub udp_send_failed: u64,

@@ -16,8 +16,8 @@ use crate::core::status::RouterStatus;
 use crate::shell::attach::AttachmentInfo;
 use crate::shell::describe_io_error;
 use crate::shell::http_api::{
-    AttachRequest, ConnectResponse, DetachRequest, DetachResponse, ErrorResponse, ForgetResponse,
-    PeersRequest, PsResponse, StopResponse,
+    AttachRequest, CidrsRequest, ConnectResponse, DetachRequest, DetachResponse, ErrorResponse,
+    ExposeResponse, ForgetResponse, HideResponse, PeersRequest, PsResponse, StopResponse,
 };
 
 /// The whole exchange must finish within this; the router answers from
@@ -79,14 +79,39 @@ impl Client {
         self.request(Method::GET, "/status", None).await
     }
 
-    pub async fn post_connect(&self, peers: &[String]) -> Result<ConnectResponse, ClientError> {
-        let body = peers_body(peers);
+    /// Adds `peers` as targets; with `replace`, they become the only ones.
+    pub async fn post_connect(
+        &self,
+        peers: &[String],
+        replace: bool,
+    ) -> Result<ConnectResponse, ClientError> {
+        let body = json_body(&PeersRequest {
+            peers: peers.to_vec(),
+            replace,
+        });
         self.request(Method::POST, "/connect", Some(body)).await
     }
 
     pub async fn post_forget(&self, peers: &[String]) -> Result<ForgetResponse, ClientError> {
-        let body = peers_body(peers);
+        let body = json_body(&PeersRequest {
+            peers: peers.to_vec(),
+            replace: false,
+        });
         self.request(Method::POST, "/forget", Some(body)).await
+    }
+
+    pub async fn post_expose(&self, cidrs: &[String]) -> Result<ExposeResponse, ClientError> {
+        let body = json_body(&CidrsRequest {
+            cidrs: cidrs.to_vec(),
+        });
+        self.request(Method::POST, "/expose", Some(body)).await
+    }
+
+    pub async fn post_hide(&self, cidrs: &[String]) -> Result<HideResponse, ClientError> {
+        let body = json_body(&CidrsRequest {
+            cidrs: cidrs.to_vec(),
+        });
+        self.request(Method::POST, "/hide", Some(body)).await
     }
 
     pub async fn post_stop(&self) -> Result<StopResponse, ClientError> {
@@ -187,14 +212,6 @@ impl Client {
             why: e.to_string(),
         })
     }
-}
-
-fn peers_body(peers: &[String]) -> Vec<u8> {
-    let request = PeersRequest {
-        peers: peers.to_vec(),
-    };
-    // A struct of strings always serialises.
-    serde_json::to_vec(&request).unwrap_or_default()
 }
 
 fn json_body<T: serde::Serialize>(body: &T) -> Vec<u8> {

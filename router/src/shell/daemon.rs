@@ -5,13 +5,14 @@
 //!  accept task ─┐                      ┌─> writer task per connection
 //!  dial tasks  ─┤                      │
 //!  reader tasks ┼─> events ─> router task
-//!  HTTP API    ─┘     (mpsc)   (owns Router, sleeps until poll_timeout)
+//!  HTTP API    ─┤     (mpsc)   (owns Router, sleeps until poll_timeout)
+//!  status page ─┘
 //! ```
 //!
 //! [`run`] takes already-bound listeners and a shutdown token, so tests run
 //! real routers on ephemeral ports in one process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,14 +27,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::core::connection::ConnState;
+use crate::core::gossip::{GossipKind, GossipStats};
+use crate::core::identity::PeerName;
+use crate::core::status::GossipStatus;
 use crate::core::wire::addr::PeerAddr;
 use crate::core::{Action, ConnHandle, Router, RouterConfig};
 use crate::shell::attach::{AttachError, Attachments};
 use crate::shell::dataplane::DataPlane;
 use crate::shell::describe_io_error;
+use crate::shell::expose::{ExposeError, Exposed};
 use crate::shell::home::{self, Home};
 use crate::shell::host::{self, HostConfig, HostError, HostNet};
-use crate::shell::http_api::{self, ApiHandle, ApiRequest};
+use crate::shell::http_api::{self, ApiHandle, ApiRequest, HostHandles, Surface};
 use crate::shell::sockets::configure_stream;
 
 /// Time allowed to resolve and connect to one target.
@@ -71,6 +77,9 @@ pub struct DaemonConfig {
     /// The bridge and TAP device to set up before reporting ready, and
     /// remove on stop; `None` runs the mesh alone (tests, `--no-bridge`).
     pub host: Option<HostConfig>,
+    /// The read-only status listener (`--status-addr`): report, metrics
+    /// and the topology page; `None` serves none.
+    pub status: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +95,8 @@ pub enum DaemonError {
     Host(#[from] HostError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error(transparent)]
+    Expose(#[from] ExposeError),
 }
 
 /// Everything reported to the router task.
@@ -131,21 +142,32 @@ pub async fn run(
             what: "HTTP API",
             error,
         })?;
-    let (mut host_net, attachments) = match &config.host {
+    let (mut host_net, host_handles) = match &config.host {
         Some(host) => {
-            let (net, attachments) = start_host(host, config.home.as_ref()).await?;
-            (Some(net), Some(attachments))
+            let (net, handles) = start_host(host, config.home.as_ref()).await?;
+            (Some(net), Some(handles))
         }
         None => (None, None),
     };
+    let exposed = host_handles.as_ref().map(|h| h.exposed.clone());
     let stop = shutdown.child_token();
     // The API outlives the router task by a little, see DaemonConfig::home.
     let api_stop = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
 
+    let api = ApiHandle::new(events_tx.clone(), host_handles);
+    let status_server = config.status.map(|listener| {
+        tokio::spawn(http_api::serve(
+            listener,
+            api.clone(),
+            Surface::Status,
+            api_stop.clone(),
+        ))
+    });
     let http = tokio::spawn(http_api::serve(
         http_listener,
-        ApiHandle::new(events_tx.clone(), attachments),
+        api,
+        Surface::Control,
         api_stop.clone(),
     ));
     let accept = tokio::spawn(accept_loop(listener, events_tx.clone(), stop.clone()));
@@ -188,6 +210,7 @@ pub async fn run(
     let targets_file = config.home.as_ref().map(Home::targets_path);
     let mut task = RouterTask::new(router, events_tx, stop.clone(), targets_file);
     task.data_plane = data_plane;
+    task.exposed = exposed;
     task.router.add_targets(now, config.targets);
     task.persist_targets();
     task.drain_actions(now);
@@ -205,6 +228,9 @@ pub async fn run(
     drop(config.home);
     api_stop.cancel();
     let _ = http.await;
+    if let Some(server) = status_server {
+        let _ = server.await;
+    }
     info!("weft router stopped");
     Ok(())
 }
@@ -230,13 +256,14 @@ async fn forward_udp_control(
 }
 
 /// Sets up the bridge and TAP device, then puts the containers attached
-/// before a restart back on the bridge.
+/// and the host addresses exposed before a restart back on the bridge.
 async fn start_host(
     config: &HostConfig,
     home: Option<&Home>,
-) -> Result<(HostNet, Arc<Attachments>), DaemonError> {
+) -> Result<(HostNet, HostHandles), DaemonError> {
     let attachments =
         Attachments::load(&config.bridge, config.mtu, home.map(Home::attachments_path))?;
+    let exposed = Exposed::load(&config.bridge, home.map(Home::exposed_path))?;
     let net = host::setup(&config.bridge, &config.tap, config.mtu).await?;
     // A container left off the bridge is cut off, but the others still
     // need a router: a failure here does not stop the start.
@@ -245,7 +272,16 @@ async fn start_host(
         Ok(n) => info!(attachments = n, bridge = %config.bridge, "attachments restored"),
         Err(e) => warn!(error = %e, "could not restore the attachments"),
     }
-    Ok((net, Arc::new(attachments)))
+    match exposed.restore().await {
+        Ok(0) => {}
+        Ok(n) => info!(addresses = n, bridge = %config.bridge, "exposed addresses restored"),
+        Err(e) => warn!(error = %e, "could not restore the exposed addresses"),
+    }
+    let handles = HostHandles {
+        attachments: Arc::new(attachments),
+        exposed: Arc::new(exposed),
+    };
+    Ok((net, handles))
 }
 
 async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, stop: CancellationToken) {
@@ -294,8 +330,17 @@ struct RouterTask {
     stop: CancellationToken,
     targets_file: Option<PathBuf>,
     data_plane: Option<DataPlane>,
-    /// The data view version last handed to the data plane.
+    /// The data view version last seen (and handed to the data plane).
     data_version: u64,
+    /// Each peer's next hop in the last data view, to log route changes.
+    next_hops: HashMap<PeerName, PeerName>,
+    /// Connections not yet seen established; one closed while still here
+    /// failed its handshake.
+    handshaking: HashSet<ConnHandle>,
+    /// Handshake failures by reason (see [`handshake_failure_reason`]).
+    handshake_failures: BTreeMap<String, u64>,
+    /// The host's addresses on the bridge, for the status.
+    exposed: Option<Arc<Exposed>>,
 }
 
 impl RouterTask {
@@ -315,6 +360,10 @@ impl RouterTask {
             targets_file,
             data_plane: None,
             data_version: 0,
+            next_hops: HashMap::new(),
+            handshaking: HashSet::new(),
+            handshake_failures: BTreeMap::new(),
+            exposed: None,
         }
     }
 
@@ -398,15 +447,28 @@ impl RouterTask {
     fn handle_api(&mut self, now: Instant, request: ApiRequest) {
         match request {
             ApiRequest::Status(reply) => {
-                let mut status = self.router.status(now);
-                status.data_plane = self.data_plane.as_ref().map(DataPlane::stats);
-                let _ = reply.send(status);
+                let _ = reply.send(self.status(now));
             }
-            ApiRequest::Connect(targets, reply) => {
+            ApiRequest::Connect {
+                targets,
+                replace,
+                reply,
+            } => {
+                let mut forgotten = Vec::new();
+                if replace {
+                    let others: Vec<PeerAddr> = self
+                        .router
+                        .user_targets()
+                        .into_iter()
+                        .filter(|t| !targets.contains(t))
+                        .collect();
+                    forgotten = self.router.forget_targets(&others);
+                    info!(targets = ?forgotten, "targets replaced");
+                }
                 info!(targets = ?targets, "connect requested");
                 self.router.add_targets(now, targets);
                 self.persist_targets();
-                let _ = reply.send(());
+                let _ = reply.send(forgotten);
             }
             ApiRequest::Forget(targets, reply) => {
                 let forgotten = self.router.forget_targets(&targets);
@@ -422,29 +484,76 @@ impl RouterTask {
         }
     }
 
+    /// The router's status with what only the shell knows filled in.
+    fn status(&self, now: Instant) -> crate::core::status::RouterStatus {
+        let mut status = self.router.status(now);
+        status.data_plane = self.data_plane.as_ref().map(DataPlane::stats);
+        status.handshake_failures = self.handshake_failures.clone();
+        status.gossip = gossip_status(self.router.gossip_stats());
+        status.exposed = self
+            .exposed
+            .as_ref()
+            .map(|e| e.list().iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        status
+    }
+
     fn drain_actions(&mut self, now: Instant) {
         while let Some(action) = self.router.poll_action() {
             match action {
                 Action::Dial { target } => self.spawn_dial(target),
                 Action::Send { conn, bytes } => self.send(now, conn, bytes),
-                Action::Close { conn, .. } => {
+                Action::Close { conn, reason } => {
+                    if self.handshaking.remove(&conn)
+                        && let Some(why) = handshake_failure_reason(&reason)
+                    {
+                        *self.handshake_failures.entry(why.into()).or_default() += 1;
+                    }
                     if let Some(io) = self.conns.remove(&conn) {
                         io.closing.cancel();
                     }
                 }
             }
         }
+        let router = &self.router;
+        self.handshaking.retain(|&conn| {
+            router
+                .connection(conn)
+                .is_some_and(|c| !matches!(c.state, ConnState::Established { .. }))
+        });
         while let Some((to, datagram)) = self.router.poll_transmit_udp() {
             if let Some(dp) = &self.data_plane {
                 dp.send_control(to, &datagram);
             }
         }
-        if let Some(dp) = &self.data_plane
-            && self.router.data_version() != self.data_version
-        {
+        if self.router.data_version() != self.data_version {
             self.data_version = self.router.data_version();
-            dp.update(self.router.data_view());
+            let view = self.router.data_view();
+            self.log_route_changes(&view.routes);
+            if let Some(dp) = &self.data_plane {
+                dp.update(view);
+            }
         }
+    }
+
+    /// One line per peer whose data route changed: direct, through a
+    /// relay, or gone.
+    fn log_route_changes(&mut self, routes: &crate::core::routes::Routes) {
+        let now: HashMap<PeerName, PeerName> = routes.unicast().collect();
+        for (&peer, &hop) in &now {
+            if self.next_hops.get(&peer) == Some(&hop) {
+                continue;
+            }
+            if hop == peer {
+                info!(peer = %peer, "data route: direct");
+            } else {
+                info!(peer = %peer, via = %hop, "data route: relayed via {hop}");
+            }
+        }
+        for peer in self.next_hops.keys().filter(|p| !now.contains_key(p)) {
+            info!(peer = %peer, "data route: none (peer unreachable for data)");
+        }
+        self.next_hops = now;
     }
 
     fn send(&mut self, now: Instant, conn: ConnHandle, bytes: Vec<u8>) {
@@ -483,6 +592,7 @@ impl RouterTask {
             closing: CancellationToken::new(),
             abort: self.abort_all.child_token(),
         };
+        self.handshaking.insert(conn);
         self.conn_tasks.spawn(read_loop(
             conn,
             reader,
@@ -521,6 +631,62 @@ impl RouterTask {
         if let Err(e) = home::save_targets(path, &self.router.user_targets()) {
             warn!(error = %e, "could not save targets");
         }
+    }
+}
+
+/// The metrics label for a connection that closed during its handshake,
+/// from the core's close reason (`CloseReason`'s text); `None` for closes
+/// that are no failure (our own shutdown).
+pub fn handshake_failure_reason(reason: &str) -> Option<&'static str> {
+    const PREFIXES: [(&str, &str); 9] = [
+        ("router shutting down", ""),
+        ("protocol error", "protocol_error"),
+        ("no common protocol version", "version_mismatch"),
+        ("connected to ourselves", "self"),
+        ("peer name collision", "name_collision"),
+        ("duplicate connection", "duplicate"),
+        ("handshake not completed", "timeout"),
+        ("too many pending handshakes", "too_many_handshakes"),
+        ("closed by peer", "closed_by_peer"),
+    ];
+    match PREFIXES.iter().find(|(p, _)| reason.starts_with(p)) {
+        Some((_, "")) => None,
+        Some((_, label)) => Some(label),
+        None => Some("io"),
+    }
+}
+
+/// Gossip counters as the status reports them, one entry per channel and
+/// kind.
+fn gossip_status(stats: &GossipStats) -> Vec<GossipStatus> {
+    let blank = |(channel, kind): &(String, GossipKind)| GossipStatus {
+        channel: channel.clone(),
+        kind: gossip_kind_name(*kind).into(),
+        sent_messages: 0,
+        sent_bytes: 0,
+        received_messages: 0,
+        received_bytes: 0,
+    };
+    let mut out: BTreeMap<(String, GossipKind), GossipStatus> = BTreeMap::new();
+    for (key, c) in &stats.sent {
+        let e = out.entry(key.clone()).or_insert_with(|| blank(key));
+        e.sent_messages = c.messages;
+        e.sent_bytes = c.bytes;
+    }
+    for (key, c) in &stats.received {
+        let e = out.entry(key.clone()).or_insert_with(|| blank(key));
+        e.received_messages = c.messages;
+        e.received_bytes = c.bytes;
+    }
+    out.into_values().collect()
+}
+
+fn gossip_kind_name(kind: GossipKind) -> &'static str {
+    match kind {
+        GossipKind::Delta => "delta",
+        GossipKind::FullState => "full_state",
+        GossipKind::Unicast => "unicast",
+        GossipKind::Broadcast => "broadcast",
     }
 }
 
@@ -694,5 +860,37 @@ mod tests {
             .expect("the socket is shut down")
             .unwrap();
         assert!(!received.is_empty(), "the preamble went out before the FIN");
+    }
+
+    #[test]
+    fn handshake_failures_are_labelled_from_close_reasons() {
+        use crate::core::connection::CloseReason;
+        let cases = [
+            (
+                CloseReason::HandshakeTimeout(Duration::from_secs(5)),
+                Some("timeout"),
+            ),
+            (CloseReason::ConnectedToSelf, Some("self")),
+            (
+                CloseReason::TooManyHandshakes(64),
+                Some("too_many_handshakes"),
+            ),
+            (
+                CloseReason::RemoteClosed("bye".into()),
+                Some("closed_by_peer"),
+            ),
+            (
+                CloseReason::Io("connection reset by peer".into()),
+                Some("io"),
+            ),
+            (CloseReason::Shutdown, None),
+        ];
+        for (reason, label) in cases {
+            assert_eq!(
+                handshake_failure_reason(&reason.to_string()),
+                label,
+                "{reason}"
+            );
+        }
     }
 }

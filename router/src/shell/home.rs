@@ -9,6 +9,7 @@
 //! HOME/weft.log      stdout and stderr of a daemonised router
 //! HOME/targets.json  user targets, rewritten whenever they change
 //! HOME/attachments.json  namespaces attached to the bridge (`weft attach`)
+//! HOME/exposed.json  the host's addresses on the bridge (`weft expose`)
 //! ```
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
@@ -31,7 +32,8 @@ const LOCK_FILE: &str = "weft.lock";
 const PID_FILE: &str = "weft.pid";
 const LOG_FILE: &str = "weft.log";
 const TARGETS_FILE: &str = "targets.json";
-const ATTACHMENTS_FILE: &str = "attachments.json";
+pub const ATTACHMENTS_FILE: &str = "attachments.json";
+const EXPOSED_FILE: &str = "exposed.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
@@ -51,6 +53,8 @@ pub enum HomeError {
     },
     #[error("{} does not hold a valid peer name ({error}); delete the file to get a new name, or pass --name", .path.display())]
     BadName { path: PathBuf, error: IdentityError },
+    #[error("{} does not hold a list of targets ({why}); fix or delete it, or launch without --resume", .path.display())]
+    BadTargets { path: PathBuf, why: String },
 }
 
 /// An opened, locked home directory. The lock is released when this is
@@ -86,41 +90,28 @@ impl Home {
                 path: lock_path.clone(),
                 error,
             })?;
-        // A router that was just stopped or killed releases the lock when
-        // its last thread exits, a few milliseconds later; `kill -9` then
-        // `weft launch` must not fail on that.
-        let deadline = std::time::Instant::now() + LOCK_GRACE;
-        let mut attempt = lock.try_lock();
-        while matches!(attempt, Err(TryLockError::WouldBlock))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            attempt = lock.try_lock();
-        }
-        match attempt {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let pid = fs::read_to_string(dir.join(PID_FILE))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
-                return Err(HomeError::Locked {
-                    dir: dir.to_owned(),
-                    pid,
-                });
-            }
-            Err(TryLockError::Error(error)) => {
-                return Err(HomeError::Io {
-                    action: "lock",
-                    path: lock_path,
-                    error,
-                });
-            }
-        }
+        take_lock(dir, &lock, &lock_path)?;
         Ok(Self {
             dir: dir.to_owned(),
             _lock: lock,
             wrote_pid: false,
         })
+    }
+
+    /// Fails like [`Home::open`] if a router holds `dir`, but creates
+    /// nothing: a launch checks this before anything else, so a failed one
+    /// leaves no directory behind.
+    pub fn check_free(dir: &Path) -> Result<(), HomeError> {
+        let lock_path = dir.join(LOCK_FILE);
+        match File::open(&lock_path) {
+            Ok(lock) => take_lock(dir, &lock, &lock_path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(HomeError::Io {
+                action: "open lock file",
+                path: lock_path,
+                error,
+            }),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -137,6 +128,10 @@ impl Home {
 
     pub fn attachments_path(&self) -> PathBuf {
         self.dir.join(ATTACHMENTS_FILE)
+    }
+
+    pub fn exposed_path(&self) -> PathBuf {
+        self.dir.join(EXPOSED_FILE)
     }
 
     /// The peer name: `requested` if given (and persisted for next time),
@@ -192,9 +187,107 @@ impl Drop for Home {
     }
 }
 
+/// Locks `lock` (the open `lock_path` of home `dir`), waiting briefly for a
+/// router that is going away.
+fn take_lock(dir: &Path, lock: &File, lock_path: &Path) -> Result<(), HomeError> {
+    // A router that was just stopped or killed releases the lock when
+    // its last thread exits, a few milliseconds later; `kill -9` then
+    // `weft launch` must not fail on that.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let mut attempt = lock.try_lock();
+    while matches!(attempt, Err(TryLockError::WouldBlock)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        attempt = lock.try_lock();
+    }
+    match attempt {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let pid = fs::read_to_string(dir.join(PID_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(HomeError::Locked {
+                dir: dir.to_owned(),
+                pid,
+            });
+        }
+        Err(TryLockError::Error(error)) => {
+            return Err(HomeError::Io {
+                action: "lock",
+                path: lock_path.to_owned(),
+                error,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Where a router with home `dir` writes its log when daemonised.
 pub fn log_path(dir: &Path) -> PathBuf {
     dir.join(LOG_FILE)
+}
+
+/// Where a router with home `dir` persists its user targets.
+pub fn targets_path(dir: &Path) -> PathBuf {
+    dir.join(TARGETS_FILE)
+}
+
+/// Reads the targets [`save_targets`] wrote; no file means none.
+pub fn load_targets(path: &Path) -> Result<Vec<PeerAddr>, HomeError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(HomeError::Io {
+                action: "read",
+                path: path.to_owned(),
+                error,
+            });
+        }
+    };
+    let bad = |why: String| HomeError::BadTargets {
+        path: path.to_owned(),
+        why,
+    };
+    let list: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    list.iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|e: crate::core::wire::addr::AddrError| bad(e.to_string()))
+        })
+        .collect()
+}
+
+/// Removes everything a router keeps in `dir` (`weft reset`), and `dir`
+/// itself if nothing else is in it. Refuses while a router holds it.
+/// Returns the files removed.
+pub fn reset(dir: &Path) -> Result<Vec<PathBuf>, HomeError> {
+    Home::check_free(dir)?;
+    let mut removed = Vec::new();
+    for name in [
+        PEER_NAME_FILE,
+        TARGETS_FILE,
+        ATTACHMENTS_FILE,
+        EXPOSED_FILE,
+        PID_FILE,
+        LOG_FILE,
+        LOCK_FILE,
+    ] {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(HomeError::Io {
+                    action: "remove",
+                    path,
+                    error,
+                });
+            }
+        }
+    }
+    // Only an empty directory goes: it may be one the user shares.
+    let _ = fs::remove_dir(dir);
+    Ok(removed)
 }
 
 /// Persists the user's targets as a JSON array of `HOST:PORT` strings.

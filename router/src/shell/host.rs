@@ -383,6 +383,18 @@ pub async fn teardown(bridge: &str, tap_name: &str) -> Result<(), HostError> {
     Ok(())
 }
 
+/// `weft reset`: removes the TAP device, the bridge and the given host ends
+/// of attached veths (which takes their container ends too); what is
+/// already gone is skipped.
+pub async fn remove_all(bridge: &str, tap_name: &str, veths: &[String]) -> Result<(), HostError> {
+    let nl = Netlink::open()?;
+    for veth in veths {
+        nl.delete_link(veth).await?;
+    }
+    nl.delete_link(tap_name).await?;
+    nl.delete_link(bridge).await
+}
+
 /// Reads the MAC address of interface `name` (such as the TAP device);
 /// `None` if there is no such interface.
 pub async fn mac_address(name: &str) -> Result<Option<Mac>, HostError> {

@@ -16,6 +16,12 @@
 //! | `POST /attach` | [`AttachRequest`] | [`AttachmentInfo`] |
 //! | `POST /detach` | [`DetachRequest`] | [`DetachResponse`] |
 //! | `GET /ps` | | [`PsResponse`] |
+//! | `POST /expose` | [`CidrsRequest`] | [`ExposeResponse`] |
+//! | `POST /hide` | [`CidrsRequest`] | [`HideResponse`] |
+//!
+//! The same server code also runs the read-only status listener
+//! (`--status-addr`, [`Surface::Status`]); see [`crate::shell::status_page`].
+//! `docs/api.md` documents both.
 
 use std::convert::Infallible;
 use std::str::FromStr;
@@ -41,9 +47,11 @@ use tracing::{debug, warn};
 use crate::core::status::RouterStatus;
 use crate::core::wire::addr::PeerAddr;
 use crate::shell::attach::{
-    AttachError, AttachmentInfo, Attachments, DEFAULT_IFNAME, Netns, parse_cidrs,
+    AttachError, AttachmentInfo, Attachments, Cidr, DEFAULT_IFNAME, Netns, parse_cidrs,
 };
 use crate::shell::daemon::Event;
+use crate::shell::expose::{ExposeError, Exposed};
+use crate::shell::status_page;
 
 /// Largest request body accepted; a peer list is a few hundred bytes.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -60,6 +68,9 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 pub struct PeersRequest {
     /// `HOST`, `HOST:PORT` or `[IPV6]:PORT`, as on the command line.
     pub peers: Vec<String>,
+    /// `POST /connect` only: forget every user target not in `peers`.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// Answer to `POST /connect`.
@@ -67,6 +78,9 @@ pub struct PeersRequest {
 pub struct ConnectResponse {
     /// The targets now kept connected, normalised to `HOST:PORT`.
     pub added: Vec<String>,
+    /// With `replace`: the user targets that were forgotten.
+    #[serde(default)]
+    pub forgotten: Vec<String>,
 }
 
 /// Answer to `POST /forget`.
@@ -128,6 +142,29 @@ pub struct PsResponse {
     pub attachments: Vec<AttachmentInfo>,
 }
 
+/// Body of `POST /expose` and `POST /hide`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CidrsRequest {
+    /// Addresses of the host on the bridge, like `10.32.0.254/12`; empty
+    /// means "the ones exposed before" (expose) or "all" (hide).
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+}
+
+/// Answer to `POST /expose`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeResponse {
+    /// Every address the host now has on the bridge through weft.
+    pub exposed: Vec<String>,
+}
+
+/// Answer to `POST /hide`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HideResponse {
+    /// The addresses removed.
+    pub hidden: Vec<String>,
+}
+
 /// Every error the API returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
@@ -138,29 +175,52 @@ pub struct ErrorResponse {
 #[derive(Debug)]
 pub enum ApiRequest {
     Status(oneshot::Sender<RouterStatus>),
-    Connect(Vec<PeerAddr>, oneshot::Sender<()>),
+    /// Add targets; with `replace`, forget the other user targets and
+    /// answer which.
+    Connect {
+        targets: Vec<PeerAddr>,
+        replace: bool,
+        reply: oneshot::Sender<Vec<PeerAddr>>,
+    },
     Forget(Vec<PeerAddr>, oneshot::Sender<Vec<PeerAddr>>),
     Stop(oneshot::Sender<()>),
 }
 
 /// The router task has stopped (or is stopping) and answers nothing more.
 #[derive(Debug)]
-struct RouterGone;
+pub(crate) struct RouterGone;
 
-/// How handlers reach the router task and the host's attachments.
+/// How handlers reach the router task and the host's network.
 #[derive(Clone, Debug)]
 pub(crate) struct ApiHandle {
     events: mpsc::Sender<Event>,
     /// `None` when the router runs without a bridge.
-    attachments: Option<Arc<Attachments>>,
+    host: Option<HostHandles>,
+}
+
+/// The bridge-side state the API changes directly.
+#[derive(Clone, Debug)]
+pub(crate) struct HostHandles {
+    pub(crate) attachments: Arc<Attachments>,
+    pub(crate) exposed: Arc<Exposed>,
+}
+
+/// Which server a listener runs: the control API the CLI uses, or the
+/// read-only status listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Surface {
+    Control,
+    Status,
 }
 
 impl ApiHandle {
-    pub(crate) fn new(events: mpsc::Sender<Event>, attachments: Option<Arc<Attachments>>) -> Self {
-        Self {
-            events,
-            attachments,
-        }
+    pub(crate) fn new(events: mpsc::Sender<Event>, host: Option<HostHandles>) -> Self {
+        Self { events, host }
+    }
+
+    /// The router's status, as the router task reports it.
+    pub(crate) async fn status(&self) -> Result<RouterStatus, RouterGone> {
+        self.call(ApiRequest::Status).await
     }
 
     async fn call<T>(
@@ -178,7 +238,12 @@ impl ApiHandle {
 
 /// Serves the API until `stop` is cancelled, then gives in-flight requests
 /// a moment to finish.
-pub(crate) async fn serve(listener: TcpListener, api: ApiHandle, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    api: ApiHandle,
+    surface: Surface,
+    stop: CancellationToken,
+) {
     let conns = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -199,7 +264,13 @@ pub(crate) async fn serve(listener: TcpListener, api: ApiHandle, stop: Cancellat
         conns.spawn(async move {
             let service = service_fn(move |req| {
                 let api = api.clone();
-                async move { Ok::<_, Infallible>(handle(&api, req).await) }
+                async move {
+                    let response = match surface {
+                        Surface::Control => handle(&api, req).await,
+                        Surface::Status => status_page::handle(&api, req).await,
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -232,17 +303,22 @@ async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>
             .await
             .map(|status| json(StatusCode::OK, &status)),
         (&Method::POST, "/connect") => match read_peers(req).await {
-            Ok(peers) => api
-                .call(|tx| ApiRequest::Connect(peers.clone(), tx))
+            Ok((peers, replace)) => api
+                .call(|reply| ApiRequest::Connect {
+                    targets: peers.clone(),
+                    replace,
+                    reply,
+                })
                 .await
-                .map(|()| {
+                .map(|forgotten| {
                     let added = peers.iter().map(ToString::to_string).collect();
-                    json(StatusCode::OK, &ConnectResponse { added })
+                    let forgotten = forgotten.iter().map(ToString::to_string).collect();
+                    json(StatusCode::OK, &ConnectResponse { added, forgotten })
                 }),
             Err(response) => Ok(response),
         },
         (&Method::POST, "/forget") => match read_peers(req).await {
-            Ok(peers) => api
+            Ok((peers, _)) => api
                 .call(|tx| ApiRequest::Forget(peers.clone(), tx))
                 .await
                 .map(|forgotten| {
@@ -269,18 +345,22 @@ async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>
         (&Method::POST, "/attach") => Ok(host_call(api, req, handle_attach).await),
         (&Method::POST, "/detach") => Ok(host_call(api, req, handle_detach).await),
         (&Method::GET, "/ps") => Ok(host_call(api, req, handle_ps).await),
+        (&Method::POST, "/expose") => Ok(host_call(api, req, handle_expose).await),
+        (&Method::POST, "/hide") => Ok(host_call(api, req, handle_hide).await),
         (_, "/status" | "/ps") => Ok(error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} {path} is not supported; use GET"),
         )),
-        (_, "/connect" | "/forget" | "/stop" | "/attach" | "/detach") => Ok(error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} {path} is not supported; use POST"),
-        )),
+        (_, "/connect" | "/forget" | "/stop" | "/attach" | "/detach" | "/expose" | "/hide") => {
+            Ok(error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} {path} is not supported; use POST"),
+            ))
+        }
         _ => Ok(error(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint: {method} {path}; the API serves GET /status, POST /connect, POST /forget, POST /stop, POST /attach, POST /detach and GET /ps"
+                "no such endpoint: {method} {path}; the API serves GET /status, POST /connect, POST /forget, POST /stop, POST /attach, POST /detach, GET /ps, POST /expose and POST /hide"
             ),
         )),
     };
@@ -292,14 +372,14 @@ async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>
     })
 }
 
-/// Runs an attachment endpoint, if this router has a bridge.
+/// Runs an endpoint that works on the bridge, if this router has one.
 async fn host_call<F, Fut>(api: &ApiHandle, req: Request<Incoming>, f: F) -> Response<Full<Bytes>>
 where
-    F: FnOnce(Arc<Attachments>, Request<Incoming>) -> Fut,
+    F: FnOnce(HostHandles, Request<Incoming>) -> Fut,
     Fut: Future<Output = Response<Full<Bytes>>>,
 {
-    match &api.attachments {
-        Some(attachments) => f(attachments.clone(), req).await,
+    match &api.host {
+        Some(host) => f(host.clone(), req).await,
         None => error(
             StatusCode::CONFLICT,
             "this weft router runs without a bridge (launched with --no-bridge), so nothing can attach to it".into(),
@@ -307,10 +387,7 @@ where
     }
 }
 
-async fn handle_attach(
-    attachments: Arc<Attachments>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle_attach(host: HostHandles, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let example = r#"{"netns": "c1", "cidrs": ["10.32.0.1/12"]}"#;
     let request: AttachRequest = match read_json(req, example).await {
         Ok(request) => request,
@@ -320,7 +397,7 @@ async fn handle_attach(
         let netns = Netns::from_parts(request.netns, request.pid)?;
         let ifname = request.ifname.unwrap_or_else(|| DEFAULT_IFNAME.into());
         let cidrs = parse_cidrs(&request.cidrs)?;
-        attachments.attach(&netns, &ifname, &cidrs).await
+        host.attachments.attach(&netns, &ifname, &cidrs).await
     };
     match attached.await {
         Ok(info) => json(StatusCode::OK, &info),
@@ -328,10 +405,7 @@ async fn handle_attach(
     }
 }
 
-async fn handle_detach(
-    attachments: Arc<Attachments>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle_detach(host: HostHandles, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let request: DetachRequest = match read_json(req, r#"{"netns": "c1"}"#).await {
         Ok(request) => request,
         Err(response) => return response,
@@ -339,7 +413,7 @@ async fn handle_detach(
     let detached = async {
         let netns = Netns::from_parts(request.netns, request.pid)?;
         let ifname = request.ifname.unwrap_or_else(|| DEFAULT_IFNAME.into());
-        attachments.detach(&netns, &ifname).await
+        host.attachments.detach(&netns, &ifname).await
     };
     match detached.await {
         Ok(record) => json(
@@ -354,14 +428,54 @@ async fn handle_detach(
     }
 }
 
-async fn handle_ps(
-    attachments: Arc<Attachments>,
-    _req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    match attachments.list().await {
+async fn handle_ps(host: HostHandles, _req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match host.attachments.list().await {
         Ok(attachments) => json(StatusCode::OK, &PsResponse { attachments }),
         Err(e) => attach_error(&e),
     }
+}
+
+async fn handle_expose(host: HostHandles, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let cidrs = match read_cidrs(req).await {
+        Ok(cidrs) => cidrs,
+        Err(response) => return response,
+    };
+    match host.exposed.expose(&cidrs).await {
+        Ok(exposed) => json(
+            StatusCode::OK,
+            &ExposeResponse {
+                exposed: exposed.iter().map(ToString::to_string).collect(),
+            },
+        ),
+        Err(e) => expose_error(&e),
+    }
+}
+
+async fn handle_hide(host: HostHandles, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let cidrs = match read_cidrs(req).await {
+        Ok(cidrs) => cidrs,
+        Err(response) => return response,
+    };
+    match host.exposed.hide(&cidrs).await {
+        Ok(hidden) => json(
+            StatusCode::OK,
+            &HideResponse {
+                hidden: hidden.iter().map(ToString::to_string).collect(),
+            },
+        ),
+        Err(e) => expose_error(&e),
+    }
+}
+
+/// Reads and parses a [`CidrsRequest`]; an empty body means no addresses.
+async fn read_cidrs(req: Request<Incoming>) -> Result<Vec<Cidr>, Response<Full<Bytes>>> {
+    let request: CidrsRequest = read_json(req, r#"{"cidrs": ["10.32.0.254/12"]}"#).await?;
+    parse_cidrs(&request.cidrs).map_err(|e| attach_error(&e))
+}
+
+fn expose_error(e: &ExposeError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, e.to_string())
 }
 
 fn attach_error(e: &AttachError) -> Response<Full<Bytes>> {
@@ -395,8 +509,10 @@ async fn read_json<T: DeserializeOwned>(
 }
 
 /// Reads and validates a [`PeersRequest`]; all addresses must parse, or
-/// nothing is applied.
-async fn read_peers(req: Request<Incoming>) -> Result<Vec<PeerAddr>, Response<Full<Bytes>>> {
+/// nothing is applied. Returns the addresses and the `replace` flag.
+async fn read_peers(
+    req: Request<Incoming>,
+) -> Result<(Vec<PeerAddr>, bool), Response<Full<Bytes>>> {
     let request: PeersRequest = read_json(req, r#"{"peers": ["192.0.2.7:6783"]}"#).await?;
     if request.peers.is_empty() {
         return Err(error(
@@ -404,15 +520,16 @@ async fn read_peers(req: Request<Incoming>) -> Result<Vec<PeerAddr>, Response<Fu
             "no peers given; list at least one HOST[:PORT] in \"peers\"".into(),
         ));
     }
-    request
+    let peers = request
         .peers
         .iter()
         .map(|p| PeerAddr::from_str(p))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok((peers, request.replace))
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut response = Response::new(Full::new(Bytes::from(bytes)));
@@ -429,7 +546,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+pub(crate) fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     // An ErrorResponse always serialises; build it by hand so this cannot
     // recurse into `json`'s error path.
     let body = serde_json::json!({ "error": message }).to_string();

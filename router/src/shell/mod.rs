@@ -12,10 +12,14 @@ pub mod attach;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;
+pub mod expose;
 pub mod home;
 pub mod host;
 pub mod http_api;
+pub mod metrics;
+pub mod preflight;
 pub mod sockets;
+pub mod status_page;
 pub mod udp_io;
 
 use std::io;

@@ -24,6 +24,8 @@ pub enum Service {
     Mesh,
     /// The local HTTP API.
     Api,
+    /// The read-only status listener.
+    Status,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,10 @@ pub enum BindError {
         "HTTP API address {addr} is already in use (is another weft router running?); stop the other program or pick another --http-addr"
     )]
     ApiAddrInUse { addr: SocketAddr },
+    #[error(
+        "status address {addr} is already in use (is another weft router running?); stop the other program or pick another --status-addr"
+    )]
+    StatusAddrInUse { addr: SocketAddr },
     #[error(
         "cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
     )]
@@ -68,6 +74,7 @@ pub fn bind(addr: SocketAddr, service: Service) -> Result<std::net::TcpListener,
         io::ErrorKind::AddrInUse => match service {
             Service::Mesh => BindError::MeshPortInUse { port: addr.port() },
             Service::Api => BindError::ApiAddrInUse { addr },
+            Service::Status => BindError::StatusAddrInUse { addr },
         },
         io::ErrorKind::PermissionDenied => BindError::PermissionDenied { addr },
         io::ErrorKind::AddrNotAvailable => BindError::AddrNotAvailable { addr },
