@@ -211,6 +211,16 @@ mod tests {
         ));
     }
 
+    /// How long the default cost takes:
+    /// `cargo test --release -p weft-router --lib kdf::tests::default_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn default_cost() {
+        let start = std::time::Instant::now();
+        Psk::from_password("a reasonably long mesh password").unwrap();
+        println!("Argon2id default cost: {:?}", start.elapsed());
+    }
+
     #[test]
     fn debug_shows_only_the_id() {
         let psk = Psk::from_bytes(Zeroizing::new([0x42; 32]));
