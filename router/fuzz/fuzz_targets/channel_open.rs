@@ -29,12 +29,14 @@ fuzz_target!(|data: &[u8]| {
                 feed.extend(&bytes);
             }
             1 => {
-                peer.seal(&bytes, &mut feed).expect("sealing never fails here");
+                peer.seal(&bytes, &mut feed)
+                    .expect("sealing never fails here");
                 expected.extend(&bytes);
             }
             _ => {
                 let mut records = Vec::new();
-                peer.seal(&bytes, &mut records).expect("sealing never fails here");
+                peer.seal(&bytes, &mut records)
+                    .expect("sealing never fails here");
                 expected.extend(&bytes);
                 let cut = (records.len() / 2).min(records.len());
                 feed.extend(&records[..cut]);

@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut d = seal(&mut peer, now, b"tampered");
                 let at = pos % d.len();
                 d[at] ^= 1 << bit;
-                assert!(local.open(now, &mut d).is_err(), "a flipped bit at {at} opened");
+                assert!(
+                    local.open(now, &mut d).is_err(),
+                    "a flipped bit at {at} opened"
+                );
             }
         }
     }

@@ -52,7 +52,11 @@ fuzz_target!(|data: &[u8]| {
     let [flags, chunk, rest @ ..] = data else {
         return;
     };
-    let role = if flags & 1 == 0 { Role::Initiator } else { Role::Responder };
+    let role = if flags & 1 == 0 {
+        Role::Initiator
+    } else {
+        Role::Responder
+    };
     let choice = (flags >> 1) & 3;
     let mut us = Handshake::new(role, config(choice, 1, 2), LOCAL_INDEX);
     let mut to_peer = us.start().expect("fresh handshake");

@@ -35,7 +35,9 @@ fn psk(byte: u8) -> Psk {
 pub fn config(choice: u8, key: u8, peer: u8) -> HandshakeConfig {
     let password = |also: Vec<Psk>| {
         let set = Arc::new(PskSet::new(psk(9), also));
-        HandshakeConfig::Noise(NoiseConfig::new(keypair(key), Some(set), None).expect("has a password"))
+        HandshakeConfig::Noise(
+            NoiseConfig::new(keypair(key), Some(set), None).expect("has a password"),
+        )
     };
     match choice & 3 {
         0 => password(vec![]),
@@ -87,9 +89,11 @@ pub fn channel_pair() -> (SecureChannel, SecureChannel) {
     r.start().expect("fresh handshake");
     let step = |h: &mut Handshake, bytes: &[u8]| match h.handle_bytes(bytes) {
         Ok(HandshakeProgress::Continue { send }) => (send, None),
-        Ok(HandshakeProgress::Done { send, outcome: HandshakeOutcome::Established(e), .. }) => {
-            (send, Some(e.channel))
-        }
+        Ok(HandshakeProgress::Done {
+            send,
+            outcome: HandshakeOutcome::Established(e),
+            ..
+        }) => (send, Some(e.channel)),
         other => panic!("in-memory handshake failed: {other:?}"),
     };
     let (to_i, _) = step(&mut r, &first);
@@ -100,7 +104,11 @@ pub fn channel_pair() -> (SecureChannel, SecureChannel) {
 
 /// The crypto targets' seeds.
 pub fn seeds() -> Vec<Seed> {
-    let seed = |target, name, bytes| Seed { target, name, bytes };
+    let seed = |target, name, bytes| Seed {
+        target,
+        name,
+        bytes,
+    };
     let mut out = Vec::new();
 
     // handshake: [flags, chunk] then the peer's bytes, or mutations.
@@ -130,7 +138,11 @@ pub fn seeds() -> Vec<Seed> {
     // Man in the middle with a real peer: no mutation, then one bit flip
     // in message 2 (flight 1, byte 40).
     out.push(seed("handshake", "mitm-clean", vec![0b1000, 0xff]));
-    out.push(seed("handshake", "mitm-flip", vec![0b1000, 0xff, 1, 40, 0x01]));
+    out.push(seed(
+        "handshake",
+        "mitm-flip",
+        vec![0b1000, 0xff, 1, 40, 0x01],
+    ));
     out.push(seed("handshake", "mitm-keys-responder", vec![0b1011, 7]));
 
     // data_open: ops, see the target.
@@ -143,17 +155,36 @@ pub fn seeds() -> Vec<Seed> {
         v.extend(d);
         v
     }));
-    out.push(seed("data_open", "ops", vec![1, 4, 1, 2, 3, 4, 2, 1, 8, 5, 6, 7, 8, 9, 10, 11, 12, 3, 4, 30, 2, 1, 1, 0]));
+    out.push(seed(
+        "data_open",
+        "ops",
+        vec![
+            1, 4, 1, 2, 3, 4, 2, 1, 8, 5, 6, 7, 8, 9, 10, 11, 12, 3, 4, 30, 2, 1, 1, 0,
+        ],
+    ));
 
     // channel_open: ops, see the target.
-    out.push(seed("channel_open", "records", b"\x01\x05hello\x01\x00\x02\x03abc\x00\x04\x00\x10\x00\x00".to_vec()));
+    out.push(seed(
+        "channel_open",
+        "records",
+        b"\x01\x05hello\x01\x00\x02\x03abc\x00\x04\x00\x10\x00\x00".to_vec(),
+    ));
 
     let kp = StaticKeypair::from_private(Zeroizing::new([7; 32]));
-    out.push(seed("key_files", "key-file", [vec![0], kp.to_file_text().as_bytes().to_vec()].concat()));
+    out.push(seed(
+        "key_files",
+        "key-file",
+        [vec![0], kp.to_file_text().as_bytes().to_vec()].concat(),
+    ));
     out.push(seed(
         "key_files",
         "trusted-keys",
-        format!("\x01# nodes\n{}  # node-7\n\n{}\n", kp.public(), keypair(2).public()).into_bytes(),
+        format!(
+            "\x01# nodes\n{}  # node-7\n\n{}\n",
+            kp.public(),
+            keypair(2).public()
+        )
+        .into_bytes(),
     ));
     out
 }
