@@ -28,6 +28,7 @@ use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::format::{View, format_dot, format_ps, format_status, format_view};
 use crate::shell::attach::{AttachmentRecord, DEFAULT_IFNAME, Netns, parse_cidrs};
 use crate::shell::client::{Client, ClientError};
+use crate::shell::crypto::CryptoSettings;
 use crate::shell::daemon::{self, DaemonConfig};
 use crate::shell::home::{self, DEFAULT_HOME, Home};
 use crate::shell::host::{self, DEFAULT_BRIDGE, DEFAULT_MTU, DEFAULT_TAP, HostConfig, MTU_RANGE};
@@ -70,7 +71,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a router (in the background unless --foreground).
-    Launch(LaunchArgs),
+    Launch(Box<LaunchArgs>),
     /// Show the router's state for a person (or, with --dot, for Graphviz).
     Status(StatusArgs),
     /// Print the router's state as JSON (field names: docs/api.md).
@@ -93,6 +94,12 @@ pub enum Command {
     Expose(ExposeArgs),
     /// Take the host's overlay addresses away again.
     Hide(ExposeArgs),
+    /// Write a new static key pair for --key-file and print its public key
+    /// (the line other routers list in their --trusted-keys).
+    Keygen(KeygenArgs),
+    /// Change the mesh password of a running router without a restart (see
+    /// docs/security.md for the three-step rotation).
+    Password(PasswordArgs),
     /// Print the version.
     Version,
     /// Print a shell completion script, e.g. `weft completions bash >
@@ -114,6 +121,28 @@ pub struct StatusArgs {
     /// -Tsvg > mesh.svg`).
     #[arg(long, conflicts_with = "view")]
     pub dot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key pair (created with mode 0600; never
+    /// overwritten).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// File holding the password to dial peers with from now on (first
+    /// line); it is accepted from peers too.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: PathBuf,
+    /// File holding a second password to accept from peers (the old or
+    /// the next one, during a rotation).
+    #[arg(long, value_name = "FILE")]
+    pub also_accept_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +277,31 @@ pub struct LaunchArgs {
     /// File holding the password that encrypts the mesh (its first line).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// The mesh password itself. Prefer WEFT_PASSWORD or --password-file:
+    /// a command line is visible to every user of the host.
+    #[arg(
+        long,
+        env = "WEFT_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "password_file",
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<String>,
+    /// During a password rotation: also accept peers that use the password
+    /// in this file.
+    #[arg(long, value_name = "FILE")]
+    pub also_accept_password_file: Option<PathBuf>,
+    /// Static key pair from `weft keygen` (default: a new one per launch).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Admit only peers whose public key is listed here, one per line
+    /// (re-read when it changes). Works with or without a password.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Rekey data sessions after this many datagrams (default 2^30; they
+    /// also rekey every 2 minutes). For tests.
+    #[arg(long, hide = true, value_name = "N")]
+    pub rekey_after_packets: Option<u64>,
     /// Run in this process, logging to stderr, instead of in the background.
     #[arg(long)]
     pub foreground: bool,
@@ -291,8 +345,14 @@ pub struct LaunchPlan {
     /// Where the password came from, to hand the same file to the
     /// background router.
     pub password_file: Option<PathBuf>,
-    /// The mesh password read from `--password-file`.
+    /// The mesh password (`--password`, `WEFT_PASSWORD` or the file).
     pub password: Option<String>,
+    pub also_accept_password_file: Option<PathBuf>,
+    /// The second accepted password, read from that file.
+    pub also_accept: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_keys: Option<PathBuf>,
+    pub rekey_after_packets: Option<u64>,
     pub foreground: bool,
     pub log_level: String,
     pub heartbeat_interval: Duration,
@@ -328,11 +388,38 @@ impl LaunchArgs {
                 "--status-addr and --http-addr are both {http_addr}; give them different ports (defaults {DEFAULT_STATUS_ADDR} and {DEFAULT_HTTP_ADDR})"
             );
         }
-        let password = self
-            .password_file
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), _) if p.is_empty() => bail!(
+                "--password (or WEFT_PASSWORD) is empty; give the mesh password, or leave it out to run unencrypted"
+            ),
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(file)) => Some(read_password_file(file)?),
+            (None, None) => None,
+        };
+        let also_accept = self
+            .also_accept_password_file
             .as_deref()
             .map(read_password_file)
             .transpose()?;
+        if also_accept.is_some() && password.is_none() {
+            bail!(
+                "--also-accept-password-file needs a password of its own (--password-file or WEFT_PASSWORD)"
+            );
+        }
+        if let Some(path) = &self.key_file {
+            crate::shell::crypto::read_key_file(path)?;
+            if password.is_none() && self.trusted_keys.is_none() {
+                bail!(
+                    "--key-file alone does not authenticate anyone; add --password-file and/or --trusted-keys"
+                );
+            }
+        }
+        if let Some(path) = &self.trusted_keys {
+            crate::shell::crypto::read_trusted_keys(path)?;
+        }
+        if self.rekey_after_packets == Some(0) {
+            bail!("--rekey-after-packets must be at least 1");
+        }
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
             bail!(
                 "invalid --log-level {:?}: use one of {}",
@@ -388,6 +475,11 @@ impl LaunchArgs {
             resume: self.resume,
             password_file: self.password_file.clone(),
             password,
+            also_accept_password_file: self.also_accept_password_file.clone(),
+            also_accept,
+            key_file: self.key_file.clone(),
+            trusted_keys: self.trusted_keys.clone(),
+            rekey_after_packets: self.rekey_after_packets,
             foreground: self.foreground,
             log_level: self.log_level.clone(),
             heartbeat_interval,
@@ -434,6 +526,21 @@ impl LaunchPlan {
         if let Some(file) = &self.password_file {
             args.extend(["--password-file".into(), file.clone().into()]);
         }
+        for (flag, file) in [
+            (
+                "--also-accept-password-file",
+                &self.also_accept_password_file,
+            ),
+            ("--key-file", &self.key_file),
+            ("--trusted-keys", &self.trusted_keys),
+        ] {
+            if let Some(file) = file {
+                args.extend([flag.into(), file.clone().into()]);
+            }
+        }
+        if let Some(n) = self.rekey_after_packets {
+            args.extend(["--rekey-after-packets".into(), n.to_string().into()]);
+        }
         match &self.host {
             Some(host) => args.extend([
                 "--bridge".into(),
@@ -458,7 +565,24 @@ impl LaunchPlan {
         config.discovery = self.discovery;
         config.heartbeat_interval = self.heartbeat_interval;
         config.heartbeat_timeout = self.heartbeat_timeout;
+        if let Some(n) = self.rekey_after_packets {
+            config.data_limits.rekey_after_packets = n;
+        }
         config
+    }
+
+    /// Keys and passwords, derived (Argon2id) and read once at start.
+    fn crypto(&self) -> Result<Option<CryptoSettings>> {
+        let psks = self
+            .password
+            .as_deref()
+            .map(|p| crate::shell::crypto::psk_set(p, self.also_accept.as_deref()))
+            .transpose()?;
+        Ok(CryptoSettings::new(
+            self.key_file.as_deref(),
+            psks,
+            self.trusted_keys.as_deref(),
+        )?)
     }
 
     fn mesh_addr(&self) -> SocketAddr {
@@ -589,6 +713,26 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Keygen(args) => keygen(&args.file),
+        Command::Password(args) => {
+            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let password = read_password_file(&args.password_file)?;
+            let also = args
+                .also_accept_file
+                .as_deref()
+                .map(read_password_file)
+                .transpose()?;
+            block_on(client.post_password(&password, also.as_deref()))??;
+            println!(
+                "password changed: new handshakes use {}{}",
+                args.password_file.display(),
+                match &args.also_accept_file {
+                    Some(f) => format!(" and also accept {}", f.display()),
+                    None => String::new(),
+                }
+            );
+            Ok(())
+        }
         Command::Version => {
             println!("{}", version_line());
             Ok(())
@@ -636,6 +780,33 @@ fn reset(args: &ResetArgs) -> Result<()> {
     Ok(())
 }
 
+/// `weft keygen FILE`: a new static key pair, private to its owner.
+fn keygen(file: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pair = crate::core::crypto::StaticKeypair::generate()
+        .map_err(|e| anyhow!("cannot generate a key pair: {e}"))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow!(
+                    "{} already exists; weft keygen never overwrites a key (remove it first, or pick another file)",
+                    file.display()
+                )
+            } else {
+                anyhow!("cannot create key file {}: {e}", file.display())
+            }
+        })?;
+    out.write_all(pair.to_file_text().as_bytes())
+        .with_context(|| format!("cannot write key file {}", file.display()))?;
+    println!("{}", pair.public());
+    Ok(())
+}
+
 fn version_line() -> String {
     format!(
         "weft {} (protocol {PROTOCOL_MIN}..{PROTOCOL_MAX})",
@@ -666,6 +837,7 @@ fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let config = DaemonConfig {
             router: plan.router_config(name),
+            crypto: plan.crypto()?,
             targets: plan.peers.clone(),
             home: Some(home),
             udp: Some(sockets.udp),
@@ -725,6 +897,11 @@ fn launch_background(plan: &LaunchPlan) -> Result<()> {
         .with_context(|| format!("cannot open log file {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the weft executable to start")?;
     let mut command = Process::new(&exe);
+    // A password given inline reaches the router through its environment,
+    // never its command line (which every user of the host can read).
+    if let (Some(p), None) = (&plan.password, &plan.password_file) {
+        command.env("WEFT_PASSWORD", p);
+    }
     command
         .args(plan.child_args(name))
         .stdin(Stdio::null())
@@ -943,7 +1120,7 @@ mod tests {
         let mut argv = vec!["weft", "launch"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Launch(args) => args,
+            Command::Launch(args) => *args,
             other => panic!("parsed as {other:?}"),
         }
     }

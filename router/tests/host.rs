@@ -608,6 +608,7 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
                 mtu: 1400,
             }),
             status: None,
+            crypto: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));

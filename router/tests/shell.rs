@@ -48,6 +48,7 @@ async fn start_router(seed: u64) -> TestRouter {
         udp: Some(udp),
         host: None,
         status: None,
+        crypto: None,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));

@@ -123,6 +123,8 @@ pub enum SessionEvent {
     /// `session.local_index()` with this session from now on.
     Install {
         peer: PeerName,
+        /// The peer's UDP address, for sealing control datagrams to it.
+        addr: SocketAddr,
         session: Box<DataSession>,
     },
     /// The connection that made the session with index `local_index` is
@@ -424,6 +426,18 @@ impl Router {
         self.sessions_out.pop_front()
     }
 
+    /// How new connections are protected, in words for `weft status`.
+    pub fn encryption_mode(&self) -> &'static str {
+        match &self.config.crypto {
+            HandshakeConfig::Plaintext => "disabled",
+            HandshakeConfig::Noise(n) => match (n.has_password(), n.has_trusted_keys()) {
+                (true, true) => "noise (password and trusted keys)",
+                (true, false) => "noise (password)",
+                _ => "noise (trusted keys)",
+            },
+        }
+    }
+
     /// Replaces the encryption settings for handshakes from now on
     /// (password rotation); established connections keep their sessions.
     pub fn set_crypto(&mut self, crypto: HandshakeConfig) {
@@ -684,6 +698,15 @@ impl Router {
                         ConnState::AwaitPreamble => None,
                     },
                     age_secs: now.saturating_duration_since(c.opened_at).as_secs(),
+                    encryption: c.can_send_messages().then(|| {
+                        if c.security.is_some() {
+                            "noise"
+                        } else {
+                            "none"
+                        }
+                        .into()
+                    }),
+                    remote_key: c.security.as_ref().map(|s| s.remote_static.to_string()),
                     data_path: remote
                         .filter(|f| self.by_peer.get(&f.name) == Some(&c.handle))
                         .and_then(|f| self.paths.get(&f.name))
@@ -854,13 +877,18 @@ impl Router {
         };
         info!(
             peer = %f.name, nickname = %f.nickname, conn_id = ?c.id(), addr = %c.remote_addr,
-            outbound = c.is_outbound(), "connection established"
+            outbound = c.is_outbound(), encrypted = c.security.is_some(), "connection established"
         );
         if let Direction::Outbound { target } = &c.direction {
             let target = target.clone();
             self.maker.connected(now, &target, conn);
         }
         self.by_peer.insert(f.name, conn);
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let udp_addr = SocketAddr::new(c.remote_addr.ip(), f.udp_port);
+        let conn_id = c.id().map_or(0, |i| i.0);
         if let Some(c) = self.conns.get_mut(&conn)
             && let (Some(sec), Some(keys)) = (c.security.clone(), c.take_data_keys())
         {
@@ -873,14 +901,10 @@ impl Router {
             );
             self.sessions_out.push_back(SessionEvent::Install {
                 peer: f.name,
+                addr: udp_addr,
                 session: Box::new(session),
             });
         }
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let udp_addr = SocketAddr::new(c.remote_addr.ip(), f.udp_port);
-        let conn_id = c.id().map_or(0, |i| i.0);
         self.paths.insert(
             f.name,
             DataPath::new(

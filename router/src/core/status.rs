@@ -152,6 +152,20 @@ pub struct DataPlaneStatus {
     pub udp_send_failed: u64,
     /// Frames datagrams from an address that is no neighbour's.
     pub unknown_sender: u64,
+    /// Neighbours we share an encrypted data session with.
+    #[serde(default)]
+    pub encrypted_sessions: usize,
+    /// Data-session rekeys (our sending side) since start.
+    #[serde(default)]
+    pub rekeys: u64,
+    /// Encrypted datagrams dropped, by reason: `replay_duplicate`,
+    /// `replay_too_old`, `auth_failed` (forged or corrupted), `truncated`,
+    /// `unknown_index`, `unknown_epoch`, `bad_magic`.
+    #[serde(default)]
+    pub crypto_dropped: std::collections::BTreeMap<String, u64>,
+    /// Plaintext datagrams refused from a neighbour that encrypts.
+    #[serde(default)]
+    pub plaintext_refused: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +183,13 @@ pub struct ConnectionStatus {
     pub protocol_version: Option<u8>,
     /// Seconds since the connection opened.
     pub age_secs: u64,
+    /// "noise" when the connection (control and data) is encrypted,
+    /// "none" for plaintext, absent while handshaking.
+    #[serde(default)]
+    pub encryption: Option<String>,
+    /// The peer's authenticated public key, when encrypted.
+    #[serde(default)]
+    pub remote_key: Option<String>,
     /// The UDP data path, for the established connection to a neighbour.
     pub data_path: Option<DataPathStatus>,
 }

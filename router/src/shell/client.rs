@@ -114,6 +114,18 @@ impl Client {
         self.request(Method::POST, "/hide", Some(body)).await
     }
 
+    pub async fn post_password(
+        &self,
+        password: &str,
+        also_accept: Option<&str>,
+    ) -> Result<crate::shell::http_api::PasswordResponse, ClientError> {
+        let body = json_body(&crate::shell::http_api::PasswordRequest {
+            password: password.to_owned(),
+            also_accept: also_accept.map(str::to_owned),
+        });
+        self.request(Method::POST, "/password", Some(body)).await
+    }
+
     pub async fn post_stop(&self) -> Result<StopResponse, ClientError> {
         self.request(Method::POST, "/stop", None).await
     }

@@ -30,10 +30,12 @@ use tracing::{debug, info, warn};
 use crate::core::connection::ConnState;
 use crate::core::gossip::{GossipKind, GossipStats};
 use crate::core::identity::PeerName;
+use crate::core::router::SessionEvent;
 use crate::core::status::GossipStatus;
 use crate::core::wire::addr::PeerAddr;
 use crate::core::{Action, ConnHandle, Router, RouterConfig};
 use crate::shell::attach::{AttachError, Attachments};
+use crate::shell::crypto::CryptoSettings;
 use crate::shell::dataplane::DataPlane;
 use crate::shell::describe_io_error;
 use crate::shell::expose::{ExposeError, Exposed};
@@ -60,6 +62,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Time connections get to flush their goodbyes when the router stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How often the trusted-keys file is checked for changes.
+const TRUSTED_KEYS_POLL: Duration = Duration::from_secs(2);
 
 /// What the daemon needs besides its listeners.
 #[derive(Debug)]
@@ -80,6 +84,9 @@ pub struct DaemonConfig {
     /// The read-only status listener (`--status-addr`): report, metrics
     /// and the topology page; `None` serves none.
     pub status: Option<TcpListener>,
+    /// Encryption: keys, passwords, trusted keys; `None` runs plaintext.
+    /// `router.crypto` is set from it.
+    pub crypto: Option<CryptoSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +180,11 @@ pub async fn run(
     let accept = tokio::spawn(accept_loop(listener, events_tx.clone(), stop.clone()));
 
     let now = tokio::time::Instant::now().into_std();
-    let router = Router::new(config.router, now);
+    let mut router_config = config.router;
+    if let Some(c) = &config.crypto {
+        router_config.crypto = c.handshake_config();
+    }
+    let router = Router::new(router_config, now);
     let data_plane = match config.udp {
         Some(udp) => {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -209,6 +220,7 @@ pub async fn run(
     );
     let targets_file = config.home.as_ref().map(Home::targets_path);
     let mut task = RouterTask::new(router, events_tx, stop.clone(), targets_file);
+    task.crypto = config.crypto;
     task.data_plane = data_plane;
     task.exposed = exposed;
     task.router.add_targets(now, config.targets);
@@ -341,6 +353,8 @@ struct RouterTask {
     handshake_failures: BTreeMap<String, u64>,
     /// The host's addresses on the bridge, for the status.
     exposed: Option<Arc<Exposed>>,
+    /// Encryption settings, for rotation and trusted-keys reloads.
+    crypto: Option<CryptoSettings>,
 }
 
 impl RouterTask {
@@ -364,10 +378,12 @@ impl RouterTask {
             handshaking: HashSet::new(),
             handshake_failures: BTreeMap::new(),
             exposed: None,
+            crypto: None,
         }
     }
 
     async fn run(&mut self, mut events: mpsc::Receiver<Event>) {
+        let mut reload = tokio::time::interval(TRUSTED_KEYS_POLL);
         loop {
             let deadline = self.router.poll_timeout();
             let timer = async {
@@ -391,6 +407,7 @@ impl RouterTask {
                     self.router.handle_timeout(now);
                     self.drain_actions(now);
                 }
+                _ = reload.tick() => self.reload_trusted_keys(),
             }
         }
         info!("weft router stopping: closing all connections");
@@ -444,6 +461,22 @@ impl RouterTask {
         }
     }
 
+    /// Picks up an edited trusted-keys file: a removed key can no longer
+    /// complete a handshake.
+    fn reload_trusted_keys(&mut self) {
+        let Some(c) = self.crypto.as_mut() else {
+            return;
+        };
+        match c.reload_trusted() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.router.set_crypto(c.handshake_config());
+                info!("trusted keys reloaded: new handshakes use the new list");
+            }
+            Err(e) => warn!(error = %e, "keeping the previous trusted keys"),
+        }
+    }
+
     fn handle_api(&mut self, now: Instant, request: ApiRequest) {
         match request {
             ApiRequest::Status(reply) => {
@@ -476,6 +509,18 @@ impl RouterTask {
                 self.persist_targets();
                 let _ = reply.send(forgotten);
             }
+            ApiRequest::Password(psks, reply) => {
+                let answer = match self.crypto.as_mut() {
+                    Some(c) if c.has_password() => {
+                        c.set_psks(*psks);
+                        self.router.set_crypto(c.handshake_config());
+                        info!("mesh password changed: new handshakes use it");
+                        Ok(())
+                    }
+                    _ => Err("this router runs without a password, so there is none to rotate; relaunch it with --password-file (all routers of a mesh need the same password)".to_owned()),
+                };
+                let _ = reply.send(answer);
+            }
             ApiRequest::Stop(reply) => {
                 info!("stop requested through the HTTP API");
                 let _ = reply.send(());
@@ -488,6 +533,16 @@ impl RouterTask {
     fn status(&self, now: Instant) -> crate::core::status::RouterStatus {
         let mut status = self.router.status(now);
         status.data_plane = self.data_plane.as_ref().map(DataPlane::stats);
+        status.encryption.mode = self.router.encryption_mode().into();
+        if let Some(dp) = &status.data_plane {
+            status.encryption.rekeys = dp.rekeys;
+            status.encryption.replay_drops = dp
+                .crypto_dropped
+                .iter()
+                .filter(|(k, _)| k.starts_with("replay"))
+                .map(|(_, v)| v)
+                .sum();
+        }
         status.handshake_failures = self.handshake_failures.clone();
         status.gossip = gossip_status(self.router.gossip_stats());
         status.exposed = self
@@ -521,6 +576,17 @@ impl RouterTask {
                 .connection(conn)
                 .is_some_and(|c| !matches!(c.state, ConnState::Established { .. }))
         });
+        while let Some(event) = self.router.poll_session() {
+            let Some(dp) = &self.data_plane else { continue };
+            match event {
+                SessionEvent::Install {
+                    peer,
+                    addr,
+                    session,
+                } => dp.install_session(peer, addr, *session),
+                SessionEvent::Remove { peer, local_index } => dp.remove_session(peer, local_index),
+            }
+        }
         while let Some((to, datagram)) = self.router.poll_transmit_udp() {
             if let Some(dp) = &self.data_plane {
                 dp.send_control(to, &datagram);
@@ -638,7 +704,23 @@ impl RouterTask {
 /// from the core's close reason (`CloseReason`'s text); `None` for closes
 /// that are no failure (our own shutdown).
 pub fn handshake_failure_reason(reason: &str) -> Option<&'static str> {
-    const PREFIXES: [(&str, &str); 9] = [
+    const PREFIXES: [(&str, &str); 16] = [
+        (
+            "authentication failed: password mismatch",
+            "password_mismatch",
+        ),
+        ("authentication failed: key", "untrusted_key"),
+        (
+            "authentication failed: peer has no password",
+            "peer_has_no_password",
+        ),
+        (
+            "authentication failed: peer requires a password",
+            "peer_requires_password",
+        ),
+        ("peer requires encryption", "peer_requires_encryption"),
+        ("peer does not use encryption", "peer_not_encrypted"),
+        ("encrypted control stream failed", "tampered"),
         ("router shutting down", ""),
         ("protocol error", "protocol_error"),
         ("no common protocol version", "version_mismatch"),

@@ -26,7 +26,7 @@
 //! per batch, and a read-mostly map of neighbours' UDP addresses and path
 //! MTUs that the router task republishes when the control plane changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -39,6 +39,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 use tun_rs::{InterruptEvent, SyncDevice};
 
+use crate::core::crypto::data::{self as sealed, peek_receiver_index};
+use crate::core::crypto::{DataError, DataSession};
 use crate::core::forward::{
     Batcher, Destination, DropReason, Forwarder, Sink, TapVerdict, resplit,
 };
@@ -63,13 +65,46 @@ struct Neighbours {
     by_addr: HashMap<SocketAddr, PeerName>,
 }
 
-impl Neighbours {
-    /// Largest UDP payload all of `hops` accept; 0 if one is unknown.
-    fn limit(&self, hops: &[PeerName]) -> usize {
-        hops.iter()
-            .map(|h| self.by_name.get(h).map_or(0, |n| n.payload_limit))
-            .min()
-            .unwrap_or(0)
+/// A neighbour's data session, shared by the thread that seals datagrams
+/// to it and the one that opens datagrams from it.
+type SharedSession = Arc<Mutex<DataSession>>;
+
+/// Encryption state: the session per neighbour, found by peer (sealing
+/// frames), by the receiver index in a datagram (opening), and by UDP
+/// address (sealing the router's control datagrams).
+#[derive(Default)]
+struct Sessions {
+    by_peer: HashMap<PeerName, SharedSession>,
+    by_index: HashMap<u32, (PeerName, SharedSession)>,
+    by_addr: HashMap<SocketAddr, SharedSession>,
+    /// Rekeys of sessions already removed, so the total never goes back.
+    past_rekeys: u64,
+}
+
+/// Seals `datagram` for a neighbour into `buf`; false if it cannot be.
+fn seal_into(session: &SharedSession, now: Instant, datagram: &[u8], buf: &mut Vec<u8>) -> bool {
+    let Ok(mut s) = session.lock() else {
+        return false;
+    };
+    // PMTU probes measure the size on the wire: give up padding so that
+    // the sealed probe is exactly as large as the router asked.
+    let len = if datagram.len() > HEADER_LEN + 4 + sealed::OVERHEAD
+        && datagram[0] == MAGIC
+        && datagram[1] == Kind::PmtuProbe as u8
+    {
+        datagram.len() - sealed::OVERHEAD
+    } else {
+        datagram.len()
+    };
+    buf.clear();
+    buf.resize(len + sealed::OVERHEAD, 0);
+    buf[sealed::HEADER_LEN..sealed::HEADER_LEN + len].copy_from_slice(&datagram[..len]);
+    match s.seal(now, buf, len) {
+        Ok(total) => {
+            buf.truncate(total);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -82,12 +117,26 @@ struct Counters {
     unknown_sender: AtomicU64,
     large_frames_delivered: AtomicU64,
     reassembly_abandoned: AtomicU64,
+    /// Plaintext datagrams from a neighbour we share a session with: an
+    /// attacker spoofing its address, or a misconfiguration.
+    plaintext_refused: AtomicU64,
+    /// Encrypted datagrams that failed to open, by reason.
+    crypto_dropped: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    fn crypto_drop(&self, e: DataError) {
+        if let Ok(mut m) = self.crypto_dropped.lock() {
+            *m.entry(e.as_str()).or_default() += 1;
+        }
+    }
 }
 
 struct Shared {
     local: PeerName,
     fwd: Mutex<Forwarder>,
     neighbours: RwLock<Neighbours>,
+    sessions: RwLock<Sessions>,
     udp: UdpSocket,
     tap: Option<SyncDevice>,
     control: UnboundedSender<(SocketAddr, Vec<u8>)>,
@@ -118,6 +167,7 @@ impl DataPlane {
             local,
             fwd: Mutex::new(Forwarder::new(local)),
             neighbours: RwLock::new(Neighbours::default()),
+            sessions: RwLock::new(Sessions::default()),
             udp,
             tap,
             control,
@@ -158,9 +208,55 @@ impl DataPlane {
         }
     }
 
-    /// Sends a control datagram (heartbeat, probe, ack) for the router.
+    /// From now on, seal datagrams to `peer` and open datagrams for the
+    /// session's index with `session`.
+    pub fn install_session(&self, peer: PeerName, addr: SocketAddr, session: DataSession) {
+        let index = session.local_index();
+        let session = Arc::new(Mutex::new(session));
+        if let Ok(mut s) = self.shared.sessions.write() {
+            if let Some(old) = s.by_peer.insert(peer, session.clone()) {
+                forget(&mut s, &old);
+            }
+            s.by_index.insert(index, (peer, session.clone()));
+            s.by_addr.insert(addr, session);
+        }
+    }
+
+    /// Drops the session with index `local_index` if it is `peer`'s current
+    /// one (a replaced connection's late removal must not drop its
+    /// successor's session).
+    pub fn remove_session(&self, peer: PeerName, local_index: u32) {
+        if let Ok(mut s) = self.shared.sessions.write() {
+            let current = s
+                .by_peer
+                .get(&peer)
+                .is_some_and(|c| c.lock().is_ok_and(|c| c.local_index() == local_index));
+            if current && let Some(old) = s.by_peer.remove(&peer) {
+                forget(&mut s, &old);
+            }
+        }
+    }
+
+    /// Sends a control datagram (heartbeat, probe, ack) for the router,
+    /// sealed if we share a session with its destination.
     pub fn send_control(&self, to: SocketAddr, datagram: &[u8]) {
-        if let Err(e) = self.shared.udp.send_to(datagram, to) {
+        let session = self
+            .shared
+            .sessions
+            .read()
+            .ok()
+            .and_then(|s| s.by_addr.get(&to).cloned());
+        let mut buf = Vec::new();
+        let bytes = match &session {
+            Some(s) => {
+                if !seal_into(s, Instant::now(), datagram, &mut buf) {
+                    return;
+                }
+                &buf[..]
+            }
+            None => datagram,
+        };
+        if let Err(e) = self.shared.udp.send_to(bytes, to) {
             debug!(%to, error = %e, "UDP control send failed");
         }
     }
@@ -168,6 +264,22 @@ impl DataPlane {
     /// Counters since start, for `weft status` and metrics.
     pub fn stats(&self) -> DataPlaneStatus {
         let c = &self.shared.counters;
+        let (sessions, rekeys) = match self.shared.sessions.read() {
+            Ok(s) => {
+                let live: u64 = s
+                    .by_peer
+                    .values()
+                    .filter_map(|x| x.lock().ok().map(|x| x.stats().send_rekeys))
+                    .sum();
+                (s.by_peer.len(), s.past_rekeys + live)
+            }
+            Err(_) => (0, 0),
+        };
+        let crypto_dropped: BTreeMap<String, u64> = c
+            .crypto_dropped
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
+            .unwrap_or_default();
         let (f, macs) = match self.shared.fwd.lock() {
             Ok(f) => (f.stats.clone(), f.macs().len()),
             Err(_) => Default::default(),
@@ -192,6 +304,10 @@ impl DataPlane {
             udp_too_big: c.udp_too_big.load(Ordering::Relaxed),
             udp_send_failed: c.udp_send_failed.load(Ordering::Relaxed),
             unknown_sender: c.unknown_sender.load(Ordering::Relaxed),
+            encrypted_sessions: sessions,
+            rekeys,
+            crypto_dropped,
+            plaintext_refused: c.plaintext_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -205,20 +321,68 @@ impl DataPlane {
     }
 }
 
+/// Unlinks a session from the index and address maps.
+fn forget(s: &mut Sessions, old: &SharedSession) {
+    s.by_index.retain(|_, (_, x)| !Arc::ptr_eq(x, old));
+    s.by_addr.retain(|_, x| !Arc::ptr_eq(x, old));
+    if let Ok(o) = old.lock() {
+        s.past_rekeys += o.stats().send_rekeys;
+    }
+}
+
 /// Collects a batch's datagrams and ICMP replies, then sends them.
 struct Out<'a> {
     shared: &'a Shared,
     neighbours: &'a Neighbours,
+    sessions: &'a Sessions,
+    now: Instant,
     batch: &'a mut SendBatch,
     report: &'a mut SendReport,
 }
 
+impl Out<'_> {
+    /// Queues `datagram` for neighbour `hop`, sealed if we share a session.
+    fn send_to(&mut self, hop: PeerName, addr: SocketAddr, datagram: &[u8]) {
+        match self.sessions.by_peer.get(&hop) {
+            Some(s) => {
+                let now = self.now;
+                self.batch
+                    .push_with(&self.shared.udp, addr, self.report, |buf| {
+                        seal_into(s, now, datagram, buf)
+                    });
+            }
+            None => self
+                .batch
+                .push(&self.shared.udp, addr, datagram, self.report),
+        }
+    }
+
+    /// Largest plaintext datagram all of `hops` accept: the path MTU less
+    /// the sealing overhead where there is a session; 0 if one is unknown.
+    fn limit(&self, hops: &[PeerName]) -> usize {
+        hops.iter()
+            .map(|h| {
+                let raw = self
+                    .neighbours
+                    .by_name
+                    .get(h)
+                    .map_or(0, |n| n.payload_limit);
+                if self.sessions.by_peer.contains_key(h) {
+                    raw.saturating_sub(sealed::OVERHEAD)
+                } else {
+                    raw
+                }
+            })
+            .min()
+            .unwrap_or(0)
+    }
+}
+
 impl Sink for Out<'_> {
     fn datagram(&mut self, next_hops: &[PeerName], datagram: &[u8]) {
-        for hop in next_hops {
-            if let Some(n) = self.neighbours.by_name.get(hop) {
-                self.batch
-                    .push(&self.shared.udp, n.addr, datagram, self.report);
+        for &hop in next_hops {
+            if let Some(n) = self.neighbours.by_name.get(&hop) {
+                self.send_to(hop, n.addr, datagram);
             }
         }
     }
@@ -319,12 +483,18 @@ fn tap_loop(shared: &Shared) {
             continue;
         }
         let now = Instant::now();
-        let (Ok(mut fwd), Ok(neighbours)) = (shared.fwd.lock(), shared.neighbours.read()) else {
+        let (Ok(mut fwd), Ok(neighbours), Ok(sessions)) = (
+            shared.fwd.lock(),
+            shared.neighbours.read(),
+            shared.sessions.read(),
+        ) else {
             return;
         };
         let mut out = Out {
             shared,
             neighbours: &neighbours,
+            sessions: &sessions,
+            now,
             batch: &mut send,
             report: &mut report,
         };
@@ -347,7 +517,6 @@ fn tap_loop(shared: &Shared) {
                 forward_frame(
                     shared,
                     &mut fwd,
-                    &neighbours,
                     &mut batcher,
                     &mut hops,
                     &mut out,
@@ -369,7 +538,7 @@ fn tap_loop(shared: &Shared) {
                     None
                 }
             };
-            let limit = neighbours.limit(&hops);
+            let limit = out.limit(&hops);
             // Frames already batched for the same peers go first, so a TCP
             // stream's segments stay in order.
             batcher.flush(&mut out);
@@ -397,6 +566,7 @@ fn tap_loop(shared: &Shared) {
         }
         drop(fwd);
         drop(neighbours);
+        drop(sessions);
         send.flush(&shared.udp, &mut report);
         record(shared, &mut report);
     }
@@ -404,11 +574,9 @@ fn tap_loop(shared: &Shared) {
 
 /// Sends one ordinary (not offloaded) frame read from the TAP: batched with
 /// others for the same peers, or answered with ICMP if it cannot fit.
-#[allow(clippy::too_many_arguments)]
 fn forward_frame(
     shared: &Shared,
     fwd: &mut Forwarder,
-    neighbours: &Neighbours,
     batcher: &mut Batcher,
     hops: &mut Vec<PeerName>,
     out: &mut Out<'_>,
@@ -418,13 +586,13 @@ fn forward_frame(
     match fwd.from_tap(now, frame) {
         TapVerdict::Drop(_) => {}
         TapVerdict::Unicast { dst, next_hop } => {
-            let limit = neighbours.limit(&[next_hop]);
+            let limit = out.limit(&[next_hop]);
             batcher.push(fwd, Destination::Peer(dst), &[next_hop], limit, frame, out);
         }
         TapVerdict::Flood => {
             hops.clear();
             hops.extend_from_slice(fwd.flood_hops(shared.local));
-            let limit = neighbours.limit(hops);
+            let limit = out.limit(hops);
             batcher.push(fwd, Destination::Everyone, hops, limit, frame, out);
         }
     }
@@ -454,20 +622,60 @@ fn udp_loop(shared: &Shared) {
         if n == 0 {
             continue;
         }
-        let (Ok(mut fwd), Ok(neighbours)) = (shared.fwd.lock(), shared.neighbours.read()) else {
+        let (Ok(mut fwd), Ok(neighbours), Ok(sessions)) = (
+            shared.fwd.lock(),
+            shared.neighbours.read(),
+            shared.sessions.read(),
+        ) else {
             return;
         };
-        for (addr, datagram) in batch.iter_mut() {
+        let mut out = Out {
+            shared,
+            neighbours: &neighbours,
+            sessions: &sessions,
+            now,
+            batch: &mut send,
+            report: &mut report,
+        };
+        for (addr, raw) in batch.iter_mut() {
             let Some(addr) = addr else { continue };
+            // Open sealed datagrams in place; `sender` is the neighbour the
+            // session authenticates, whatever the source address says.
+            let (datagram, sender) = match raw.first() {
+                Some(&sealed::MAGIC) => match open(shared, &sessions, now, raw) {
+                    Some((len, peer)) => (
+                        &mut raw[sealed::HEADER_LEN..sealed::HEADER_LEN + len],
+                        Some(peer),
+                    ),
+                    None => continue,
+                },
+                Some(&MAGIC) => {
+                    if sessions.by_addr.contains_key(&addr) {
+                        shared
+                            .counters
+                            .plaintext_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    (raw, None)
+                }
+                _ => continue,
+            };
             if datagram.len() < HEADER_LEN || datagram[0] != MAGIC {
                 continue;
             }
             let kind = datagram[1];
             if kind != Kind::Frames as u8 && kind != Kind::Segment as u8 {
-                let _ = shared.control.send((addr, datagram.to_vec()));
+                let mut inner = datagram.to_vec();
+                if sender.is_some() && kind == Kind::PmtuProbe as u8 {
+                    // The router measures probes by their size on the
+                    // wire; give back what sealing took (see seal_into).
+                    inner.resize(inner.len() + sealed::OVERHEAD, 0);
+                }
+                let _ = shared.control.send((addr, inner));
                 continue;
             }
-            let Some(&from) = neighbours.by_addr.get(&addr) else {
+            let Some(from) = sender.or_else(|| neighbours.by_addr.get(&addr).copied()) else {
                 shared
                     .counters
                     .unknown_sender
@@ -496,22 +704,26 @@ fn udp_loop(shared: &Shared) {
                     );
                 }
             }
-            for hop in &hops {
-                let Some(path) = neighbours.by_name.get(hop) else {
+            for &hop in &hops {
+                let Some(path) = neighbours.by_name.get(&hop) else {
                     continue;
                 };
-                if datagram.len() <= path.payload_limit {
-                    send.push(&shared.udp, path.addr, datagram, &mut report);
+                let limit = out.limit(&[hop]);
+                if datagram.len() <= limit {
+                    out.send_to(hop, path.addr, datagram);
                 } else {
-                    let dropped = resplit(datagram, path.payload_limit, |d| {
-                        send.push(&shared.udp, path.addr, d, &mut report)
-                    });
-                    report.too_big += dropped;
+                    let mut parts = Vec::new();
+                    let dropped = resplit(datagram, limit, |d| parts.push(d.to_vec()));
+                    for d in parts {
+                        out.send_to(hop, path.addr, &d);
+                    }
+                    out.report.too_big += dropped;
                 }
             }
         }
         drop(fwd);
         drop(neighbours);
+        drop(sessions);
         send.flush(&shared.udp, &mut report);
         record(shared, &mut report);
         let c = &shared.counters;
@@ -519,6 +731,34 @@ fn udp_loop(shared: &Shared) {
             .store(reassembler.stats.completed, Ordering::Relaxed);
         c.reassembly_abandoned
             .store(reassembler.stats.abandoned, Ordering::Relaxed);
+    }
+}
+
+/// Opens a sealed datagram in place with the session its receiver index
+/// names; returns the plaintext's length (it starts at
+/// `sealed::HEADER_LEN`) and the neighbour it came from. Failures are
+/// counted by reason.
+fn open(
+    shared: &Shared,
+    sessions: &Sessions,
+    now: Instant,
+    datagram: &mut [u8],
+) -> Option<(usize, PeerName)> {
+    let Some(index) = peek_receiver_index(datagram) else {
+        shared.counters.crypto_drop(DataError::Truncated);
+        return None;
+    };
+    let Some((peer, session)) = sessions.by_index.get(&index) else {
+        shared.counters.crypto_drop(DataError::UnknownIndex);
+        return None;
+    };
+    let mut s = session.lock().ok()?;
+    match s.open(now, datagram) {
+        Ok(plain) => Some((plain.len(), *peer)),
+        Err(e) => {
+            shared.counters.crypto_drop(e);
+            None
+        }
     }
 }
 

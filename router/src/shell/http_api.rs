@@ -184,6 +184,28 @@ pub enum ApiRequest {
     },
     Forget(Vec<PeerAddr>, oneshot::Sender<Vec<PeerAddr>>),
     Stop(oneshot::Sender<()>),
+    /// Replace the mesh passwords for handshakes from now on (rotation);
+    /// the answer is an error in words if this router has no password.
+    Password(
+        Box<crate::core::crypto::PskSet>,
+        oneshot::Sender<Result<(), String>>,
+    ),
+}
+
+/// Body of `POST /password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordRequest {
+    /// The password to dial peers with (and accept).
+    pub password: String,
+    /// A second password to accept from peers during a rotation.
+    #[serde(default)]
+    pub also_accept: Option<String>,
+}
+
+/// Answer of `POST /password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordResponse {
+    pub accepted: usize,
 }
 
 /// The router task has stopped (or is stopping) and answers nothing more.
@@ -302,6 +324,43 @@ async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>
             .call(ApiRequest::Status)
             .await
             .map(|status| json(StatusCode::OK, &status)),
+        (&Method::POST, "/password") => {
+            let body: PasswordRequest =
+                match read_json(req, r#"{"password": "new", "also_accept": "old"}"#).await {
+                    Ok(b) => b,
+                    Err(response) => return response,
+                };
+            if body.password.is_empty() || body.also_accept.as_deref() == Some("") {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "an empty password protects nothing; give the mesh password".into(),
+                );
+            }
+            let accepted = 1 + usize::from(body.also_accept.is_some());
+            // Argon2 takes tens of milliseconds and 64 MiB: off the runtime.
+            let derived = tokio::task::spawn_blocking(move || {
+                crate::shell::crypto::psk_set(&body.password, body.also_accept.as_deref())
+            })
+            .await;
+            let psks = match derived {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("password derivation failed: {e}"),
+                    );
+                }
+            };
+            match api
+                .call(|tx| ApiRequest::Password(Box::new(psks), tx))
+                .await
+            {
+                Ok(Ok(())) => Ok(json(StatusCode::OK, &PasswordResponse { accepted })),
+                Ok(Err(why)) => Ok(error(StatusCode::CONFLICT, why)),
+                Err(gone) => Err(gone),
+            }
+        }
         (&Method::POST, "/connect") => match read_peers(req).await {
             Ok((peers, replace)) => api
                 .call(|reply| ApiRequest::Connect {
@@ -351,16 +410,18 @@ async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} {path} is not supported; use GET"),
         )),
-        (_, "/connect" | "/forget" | "/stop" | "/attach" | "/detach" | "/expose" | "/hide") => {
-            Ok(error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} {path} is not supported; use POST"),
-            ))
-        }
+        (
+            _,
+            "/connect" | "/forget" | "/stop" | "/attach" | "/detach" | "/expose" | "/hide"
+            | "/password",
+        ) => Ok(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} {path} is not supported; use POST"),
+        )),
         _ => Ok(error(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint: {method} {path}; the API serves GET /status, POST /connect, POST /forget, POST /stop, POST /attach, POST /detach, GET /ps, POST /expose and POST /hide"
+                "no such endpoint: {method} {path}; the API serves GET /status, POST /connect, POST /forget, POST /stop, POST /attach, POST /detach, GET /ps, POST /expose, POST /hide and POST /password"
             ),
         )),
     };

@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod client;
+pub mod crypto;
 pub mod daemon;
 pub mod dataplane;
 pub mod expose;

@@ -342,6 +342,27 @@ impl SendBatch {
         self.len += 1;
     }
 
+    /// Queues a datagram that `fill` writes into the batch's own buffer (so
+    /// sealing needs no extra copy); nothing is queued if `fill` returns
+    /// false.
+    pub fn push_with(
+        &mut self,
+        sock: &UdpSocket,
+        to: SocketAddr,
+        report: &mut SendReport,
+        fill: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) {
+        if self.is_full() {
+            self.flush(sock, report);
+        }
+        let buf = &mut self.bufs[self.len];
+        buf.clear();
+        if fill(buf) {
+            self.addrs.push(to);
+            self.len += 1;
+        }
+    }
+
     /// Sends everything queued with as few system calls as possible.
     pub fn flush(&mut self, sock: &UdpSocket, report: &mut SendReport) {
         let mut plan = Vec::with_capacity(self.len);

@@ -129,6 +129,21 @@ impl NoiseConfig {
             trusted,
         })
     }
+
+    /// Whether peers are authenticated by a password.
+    pub fn has_password(&self) -> bool {
+        self.psks.is_some()
+    }
+
+    /// Whether peers are authenticated by a trusted-keys list.
+    pub fn has_trusted_keys(&self) -> bool {
+        self.trusted.is_some()
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.keypair.public()
+    }
 }
 
 /// What a node does on a new control connection.
