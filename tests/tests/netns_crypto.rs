@@ -527,10 +527,16 @@ fn replayed_and_forged_datagrams_are_dropped_counted_and_never_delivered() -> Re
     let result = (|| {
         let (h1, h2) = (net.host("h1").addr, net.host("h2").addr);
         let sink = UdpSink::start(net.ns("c2"), MARKER_PORT)?;
-        // h2 holds back h1's large datagrams, so the one carrying the
-        // marker is captured on h1's eth0 but its counter is still unused
-        // at h2: a forged copy of it then reaches the authentication check
-        // rather than the replay check. Heartbeats and pings are small.
+        // h2 holds back h1's datagrams of the marker's size, so the one
+        // carrying the marker is captured on h1's eth0 but its counter is
+        // still unused at h2: a forged copy of it then reaches the
+        // authentication check rather than the replay check. Heartbeats
+        // and pings are smaller, path MTU probes larger.
+        const MARKER_LEN: usize = 1000;
+        // The marker's frame (Ethernet, IPv4, UDP headers) in a weft
+        // datagram: its header, the frame's, the crypto overhead.
+        let sealed = MARKER_LEN + 14 + 20 + 8 + 32;
+        let (low, high) = (sealed, sealed + 64);
         let nft = |rule: &str| -> Result<()> {
             let args: Vec<&str> = rule.split_whitespace().collect();
             net.exec_ok("h2", "nft", &args, Duration::from_secs(10))?;
@@ -539,39 +545,39 @@ fn replayed_and_forged_datagrams_are_dropped_counted_and_never_delivered() -> Re
         nft("add table inet weft_hold")?;
         nft("add chain inet weft_hold in { type filter hook input priority -10 ; }")?;
         nft(&format!(
-            "add rule inet weft_hold in ip saddr {h1} udp dport {WEFT_PORT} udp length > 400 drop"
+            "add rule inet weft_hold in ip saddr {h1} udp dport {WEFT_PORT} udp length {}-{} drop",
+            low + 8,
+            high + 8
         ))?;
         let cap = Capture::start(net.ns("h1"), "eth0")?;
-        let (_, payload) = marker("replay", 600);
+        let (_, payload) = marker("replay", MARKER_LEN);
         let dest: SocketAddr = format!("{}:{MARKER_PORT}", overlay(2)).parse()?;
         capture::udp_send(net.ns("c1"), dest, &payload)?;
-        let mut held = Vec::new();
+        let to_h2 = std::net::SocketAddrV4::new(h2, WEFT_PORT);
+        let held_frames = |frames: Vec<capture::Frame>| -> Vec<(Vec<u8>, capture::Udp4)> {
+            frames
+                .into_iter()
+                .filter(|f| f.outgoing)
+                .filter_map(|f| {
+                    let u = capture::parse_udp4(&f.bytes)?;
+                    (u.src.ip() == &h1 && u.dst == to_h2 && (low..=high).contains(&u.payload_len))
+                        .then_some((f.bytes, u))
+                })
+                .collect()
+        };
         net.wait_until(
             "h1 sends the marker's datagram to h2",
             Duration::from_secs(5),
-            || {
-                held = cap
-                    .frames()
-                    .into_iter()
-                    .filter(|f| f.outgoing)
-                    .filter_map(|f| {
-                        let u = capture::parse_udp4(&f.bytes)?;
-                        (u.src.ip() == &h1
-                            && u.dst == std::net::SocketAddrV4::new(h2, WEFT_PORT)
-                            && u.payload_len > 400 - 8)
-                            .then_some((f.bytes, u))
-                    })
-                    .collect();
-                Ok(!held.is_empty())
-            },
+            || Ok(!held_frames(cap.frames()).is_empty()),
         )?;
         std::thread::sleep(Duration::from_millis(500));
         let frames = cap.stop()?;
+        let total = frames.len();
+        let mut held = held_frames(frames);
         ensure!(
             held.len() == 1,
-            "expected one large datagram from h1 to h2, captured {} (of {} frames)",
+            "expected one datagram of {low}..={high} bytes from h1 to h2, captured {} (of {total} frames)",
             held.len(),
-            frames.len()
         );
         let (frame, udp) = held.remove(0);
         ensure!(
