@@ -176,7 +176,7 @@ impl PacketSocket {
             return Ok(None);
         }
         Ok(Some(Frame {
-            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING as u8,
+            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
             bytes: buf[..n].to_vec(),
         }))
     }

@@ -210,7 +210,15 @@ fn ping(net: &Net, from: usize, to: usize, count: u32) -> Result<Output> {
     net.exec(
         &c(from),
         "ping",
-        &["-c", &count.to_string(), "-i", "0.2", "-W", "2", &overlay(to)],
+        &[
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &overlay(to),
+        ],
         Duration::from_secs(10 + 2 * u64::from(count)),
     )
 }
@@ -439,7 +447,10 @@ fn marker_is_readable_on_the_underlay_without_a_password_and_not_with_one() -> R
                     "without a password the marker should be readable on the underlay in \
                      every one of the 5 datagrams (else this capture proves nothing); seen in {seen}"
                 );
-                ensure!(sealed == 0, "{sealed} encrypted datagrams without a password");
+                ensure!(
+                    sealed == 0,
+                    "{sealed} encrypted datagrams without a password"
+                );
             }
             Ok(())
         })();
@@ -474,10 +485,7 @@ fn relayed_marker_is_hidden_on_both_hops_with_a_password() -> Result<()> {
         let result = (|| {
             print_modes(&net, 3)?;
             let r = report(&net, 1)?;
-            ensure!(
-                !established(&r, 3),
-                "h1 and h3 are cut apart yet connected"
-            );
+            ensure!(!established(&r, 3), "h1 and h3 are cut apart yet connected");
             // h1's eth0 carries the h1–h2 hop, h3's the h2–h3 hop.
             let hop1 = Capture::start(net.ns("h1"), "eth0")?;
             let hop2 = Capture::start(net.ns("h3"), "eth0")?;
@@ -515,7 +523,9 @@ fn relayed_marker_is_hidden_on_both_hops_with_a_password() -> Result<()> {
 
 /// The `crypto_dropped` counter `reason` of host `i`.
 fn crypto_dropped(net: &Net, i: usize, reason: &str) -> Result<u64> {
-    Ok(count(&report(net, i)?["data_plane"]["crypto_dropped"][reason]))
+    Ok(count(
+        &report(net, i)?["data_plane"]["crypto_dropped"][reason],
+    ))
 }
 
 #[test]
@@ -914,7 +924,11 @@ fn transfer(net: &Net, from: usize, to: usize, bytes: u64, timeout: Duration) ->
             recv.stdout(),
             recv.stderr()
         ),
-        Err(e) => bail!("sending: {e:#}\nreceiver: {}{}", recv.stdout(), recv.stderr()),
+        Err(e) => bail!(
+            "sending: {e:#}\nreceiver: {}{}",
+            recv.stdout(),
+            recv.stderr()
+        ),
     };
     let got = recv.finish(Duration::from_secs(10))?;
     let last_json = |s: &str| -> Result<Value> {
@@ -964,7 +978,9 @@ fn rekeys_under_load_keep_a_100_mb_transfer_intact() -> Result<()> {
         "1000".into(),
     ])?;
     let result = (|| {
-        let before = report(&net, 1)?["encryption"]["rekeys"].as_u64().unwrap_or(0);
+        let before = report(&net, 1)?["encryption"]["rekeys"]
+            .as_u64()
+            .unwrap_or(0);
         transfer(&net, 1, 2, 100 << 20, Duration::from_secs(180))?;
         let (r1, r2) = (report(&net, 1)?, report(&net, 2)?);
         let rekeys = count(&r1["encryption"]["rekeys"]);
@@ -1075,7 +1091,11 @@ fn password_rotation_across_three_hosts_loses_no_pings() -> Result<()> {
         // Phase 1: everyone accepts B too, still dials with A. A router
         // that dials with B is let in.
         for i in 1..=3 {
-            set_password(&net, i, &["--password-file", &fa, "--also-accept-file", &fb])?;
+            set_password(
+                &net,
+                i,
+                &["--password-file", &fa, "--also-accept-file", &fb],
+            )?;
         }
         relaunch_h3(
             "dialling with B",
@@ -1086,9 +1106,17 @@ fn password_rotation_across_three_hosts_loses_no_pings() -> Result<()> {
         // accepting only B and dialling nobody: h1 and h2 must redial it
         // with B.
         for i in 1..=3 {
-            set_password(&net, i, &["--password-file", &fb, "--also-accept-file", &fa])?;
+            set_password(
+                &net,
+                i,
+                &["--password-file", &fb, "--also-accept-file", &fa],
+            )?;
         }
-        relaunch_h3("accepting only B, redialled", &[], &["--password-file", &fb])?;
+        relaunch_h3(
+            "accepting only B, redialled",
+            &[],
+            &["--password-file", &fb],
+        )?;
         // Phase 3: B only.
         for i in 1..=3 {
             set_password(&net, i, &["--password-file", &fb])?;
@@ -1147,9 +1175,7 @@ fn password_rotation_across_three_hosts_loses_no_pings() -> Result<()> {
         let (sent, got) = ping_counts(&out.stdout)
             .with_context(|| format!("no ping summary in:\n{}{}", out.stdout, out.stderr))?;
         let lost = sent.saturating_sub(got);
-        eprintln!(
-            "ping c1 -> c2 during the rotation: {sent} sent, {got} received, {lost} lost"
-        );
+        eprintln!("ping c1 -> c2 during the rotation: {sent} sent, {got} received, {lost} lost");
         ensure!(sent >= 150, "ping sent only {sent} requests in 10 s");
         ensure!(
             (lost as f64) <= MAX_LOSS * sent as f64,
