@@ -24,6 +24,7 @@ use crate::core::crypto::{DataLimits, DataSession, HandshakeConfig};
 use crate::core::data_path::{DataPath, DataPathConfig, ack_for_probe};
 use crate::core::gossip::{self, GossipKind, GossipStats, Gossiper, TOPOLOGY_CHANNEL};
 use crate::core::identity::{Identity, PeerName};
+use crate::core::rate_limit::HandshakeLimiter;
 use crate::core::routes::Routes;
 use crate::core::status::{
     ConnectionStatus, DataPathStatus, PeerConnectionStatus, PeerStatus, RouterStatus, TargetStatus,
@@ -157,6 +158,7 @@ pub struct Router {
     channels: BTreeMap<String, Box<dyn Gossiper>>,
     actions: VecDeque<Action>,
     sessions_out: VecDeque<SessionEvent>,
+    limiter: HandshakeLimiter,
     next_full_gossip: Instant,
     stats: GossipStats,
     /// The UDP data path to each neighbour.
@@ -200,6 +202,7 @@ impl Router {
             channels: BTreeMap::new(),
             actions: VecDeque::new(),
             sessions_out: VecDeque::new(),
+            limiter: HandshakeLimiter::default(),
             next_full_gossip: first_gossip,
             stats: GossipStats::default(),
             paths: HashMap::new(),
@@ -305,7 +308,10 @@ impl Router {
     pub fn handle_inbound(&mut self, now: Instant, remote: SocketAddr) -> ConnHandle {
         let pending = self.conns.values().filter(|c| c.remote().is_none()).count();
         let handle = self.open(now, Direction::Inbound, remote);
-        if pending >= MAX_PENDING_HANDSHAKES {
+        if !self.limiter.allow(now, remote.ip()) {
+            debug!(%remote, "refusing connection: too many handshakes from this address");
+            self.close(now, handle, CloseReason::RateLimited(remote.ip()), false);
+        } else if pending >= MAX_PENDING_HANDSHAKES {
             warn!(%remote, pending, "refusing connection: too many pending handshakes");
             self.close(
                 now,

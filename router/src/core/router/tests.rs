@@ -397,11 +397,11 @@ fn a_connect_flood_is_refused_beyond_the_pending_limit_and_peers_keep_working() 
     net.routers[0].add_targets(net.now, [t]);
     net.pump();
     let now = net.now;
+    // From many addresses, so the per-address rate limit is not what
+    // refuses them.
     for i in 0..(MAX_PENDING_HANDSHAKES + 10) {
-        net.routers[1].handle_inbound(
-            now,
-            SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i as u16),
-        );
+        let ip = std::net::Ipv4Addr::new(198, 18, (i / 200) as u8, (i % 200) as u8 + 1);
+        net.routers[1].handle_inbound(now, SocketAddr::new(ip.into(), 1000 + i as u16));
     }
     net.pump();
     let refused = net
@@ -425,6 +425,32 @@ fn a_connect_flood_is_refused_beyond_the_pending_limit_and_peers_keep_working() 
         1,
         "the real peer stayed connected throughout"
     );
+}
+
+#[test]
+fn one_address_opening_connections_fast_is_rate_limited() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    let now = net.now;
+    for i in 0..30u16 {
+        net.routers[1].handle_inbound(
+            now,
+            SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i),
+        );
+    }
+    net.pump();
+    let limited = net
+        .closed
+        .iter()
+        .filter(|(_, r)| r.starts_with("too many connection attempts from 192.0.2.99"))
+        .count();
+    assert_eq!(
+        limited,
+        30 - crate::core::rate_limit::HANDSHAKE_BURST as usize
+    );
+    assert_eq!(net.established(1).len(), 1, "the real peer is unaffected");
 }
 
 fn connect_all(net: &mut Net, edges: &[(usize, usize)]) {
