@@ -467,6 +467,7 @@ mod tests {
             conn_half: 0xf0,
             listen_port: 6783,
             udp_port: 6783,
+            trusts_you: false,
         }
     }
 
