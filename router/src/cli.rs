@@ -1392,10 +1392,12 @@ mod tests {
             "name": "7a:1f:00:9c:3e:01", "nickname": "host-a", "uid": "00000000000000aa",
             "version": "0.1.0", "protocol_min": 1, "protocol_max": 1, "listen_port": 6783,
             "discovery": true, "topology_version": 7,
+            "encryption": {"mode": "noise (password)", "replay_drops": 0, "rekeys": 2},
+            "handshake_failures": {"password_mismatch": 3},
             "connections": [
                 {"peer": "7a:1f:00:9c:3e:02", "nickname": "host-b", "address": "10.9.0.2:6783",
                  "direction": "outbound", "state": "established", "conn_id": "01ab",
-                 "protocol_version": 1, "age_secs": 5,
+                 "protocol_version": 1, "age_secs": 5, "encryption": "noise",
                  "data_path": {"udp_address": "10.9.0.2:6783", "usable": true, "pmtu": 1472,
                                "pmtu_verified": true}},
                 {"peer": null, "nickname": null, "address": "10.9.0.9:40000",
@@ -1430,16 +1432,17 @@ mod tests {
         let text = format_status(&sample_status());
         let expected = "        Version: 0.1.0 (protocol 1..1)
            Name: 7a:1f:00:9c:3e:01 (host-a)
-     Encryption: disabled
+     Encryption: noise (password)
     Listen port: 6783
     Topology v.: 7
  Peer discovery: enabled
         Targets: 2
     Connections: 3 (1 established, 1 pending, 1 retrying)
           Peers: 4 (3 reachable)
+Handshake fails: 3 password mismatch
 
 Connections:
-  ->  10.9.0.2:6783   7a:1f:00:9c:3e:02 (host-b)  established  udp ok, pmtu 1472  conn 01ab
+  ->  10.9.0.2:6783   7a:1f:00:9c:3e:02 (host-b)  established  encrypted  udp ok, pmtu 1472  conn 01ab
   <-  10.9.0.9:40000  -                           handshaking
 
 Targets:
