@@ -23,7 +23,7 @@ use tracing::{error, info};
 use crate::core::RouterConfig;
 use crate::core::identity::{Identity, PeerName, PeerUid, validate_nickname};
 use crate::core::router::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
-use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
+use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr, Subnet};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::format::{View, format_dot, format_ps, format_status, format_view};
 use crate::shell::attach::{AttachmentRecord, DEFAULT_IFNAME, Netns, parse_cidrs};
@@ -298,6 +298,12 @@ pub struct LaunchArgs {
     /// (re-read when it changes). Works with or without a password.
     #[arg(long, value_name = "FILE")]
     pub trusted_keys: Option<PathBuf>,
+    /// Underlay subnets whose links need no data encryption, like
+    /// 10.0.0.0/8,fd00::/8: data to a peer goes unencrypted when each side
+    /// sees the other's address in its trusted subnets. Control
+    /// connections stay encrypted.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    pub trusted_subnets: Vec<String>,
     /// Rekey data sessions after this many datagrams (default 2^30; they
     /// also rekey every 2 minutes). For tests.
     #[arg(long, hide = true, value_name = "N")]
@@ -353,6 +359,7 @@ pub struct LaunchPlan {
     pub key_file: Option<PathBuf>,
     pub trusted_keys: Option<PathBuf>,
     pub rekey_after_packets: Option<u64>,
+    pub trusted_subnets: Vec<Subnet>,
     pub foreground: bool,
     pub log_level: String,
     pub heartbeat_interval: Duration,
@@ -417,6 +424,16 @@ impl LaunchArgs {
         if let Some(path) = &self.trusted_keys {
             crate::shell::crypto::read_trusted_keys(path)?;
         }
+        let trusted_subnets = self
+            .trusted_subnets
+            .iter()
+            .map(|s| Subnet::from_str(s).map_err(|e| anyhow!("invalid --trusted-subnets: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        if !trusted_subnets.is_empty() && password.is_none() && self.trusted_keys.is_none() {
+            bail!(
+                "--trusted-subnets only matters with encryption; add --password-file (or --trusted-keys), or leave it out"
+            );
+        }
         if self.rekey_after_packets == Some(0) {
             bail!("--rekey-after-packets must be at least 1");
         }
@@ -480,6 +497,7 @@ impl LaunchArgs {
             key_file: self.key_file.clone(),
             trusted_keys: self.trusted_keys.clone(),
             rekey_after_packets: self.rekey_after_packets,
+            trusted_subnets,
             foreground: self.foreground,
             log_level: self.log_level.clone(),
             heartbeat_interval,
@@ -541,6 +559,14 @@ impl LaunchPlan {
         if let Some(n) = self.rekey_after_packets {
             args.extend(["--rekey-after-packets".into(), n.to_string().into()]);
         }
+        if !self.trusted_subnets.is_empty() {
+            let list: Vec<String> = self
+                .trusted_subnets
+                .iter()
+                .map(|s| format!("{}/{}", s.addr, s.prefix))
+                .collect();
+            args.extend(["--trusted-subnets".into(), list.join(",").into()]);
+        }
         match &self.host {
             Some(host) => args.extend([
                 "--bridge".into(),
@@ -568,6 +594,7 @@ impl LaunchPlan {
         if let Some(n) = self.rekey_after_packets {
             config.data_limits.rekey_after_packets = n;
         }
+        config.trusted_subnets = self.trusted_subnets.clone();
         config
     }
 
@@ -1365,10 +1392,12 @@ mod tests {
             "name": "7a:1f:00:9c:3e:01", "nickname": "host-a", "uid": "00000000000000aa",
             "version": "0.1.0", "protocol_min": 1, "protocol_max": 1, "listen_port": 6783,
             "discovery": true, "topology_version": 7,
+            "encryption": {"mode": "noise (password)", "replay_drops": 0, "rekeys": 2},
+            "handshake_failures": {"password_mismatch": 3},
             "connections": [
                 {"peer": "7a:1f:00:9c:3e:02", "nickname": "host-b", "address": "10.9.0.2:6783",
                  "direction": "outbound", "state": "established", "conn_id": "01ab",
-                 "protocol_version": 1, "age_secs": 5,
+                 "protocol_version": 1, "age_secs": 5, "encryption": "noise",
                  "data_path": {"udp_address": "10.9.0.2:6783", "usable": true, "pmtu": 1472,
                                "pmtu_verified": true}},
                 {"peer": null, "nickname": null, "address": "10.9.0.9:40000",
@@ -1403,16 +1432,17 @@ mod tests {
         let text = format_status(&sample_status());
         let expected = "        Version: 0.1.0 (protocol 1..1)
            Name: 7a:1f:00:9c:3e:01 (host-a)
-     Encryption: disabled
+     Encryption: noise (password)
     Listen port: 6783
     Topology v.: 7
  Peer discovery: enabled
         Targets: 2
     Connections: 3 (1 established, 1 pending, 1 retrying)
           Peers: 4 (3 reachable)
+Handshake fails: 3 password mismatch
 
 Connections:
-  ->  10.9.0.2:6783   7a:1f:00:9c:3e:02 (host-b)  established  udp ok, pmtu 1472  conn 01ab
+  ->  10.9.0.2:6783   7a:1f:00:9c:3e:02 (host-b)  established  encrypted  udp ok, pmtu 1472  conn 01ab
   <-  10.9.0.9:40000  -                           handshaking
 
 Targets:

@@ -93,6 +93,14 @@ pub fn format_summary(st: &RouterStatus) -> String {
     if !st.exposed.is_empty() {
         field("Exposed", st.exposed.join(", "));
     }
+    if !st.handshake_failures.is_empty() {
+        let fails: Vec<String> = st
+            .handshake_failures
+            .iter()
+            .map(|(why, n)| format!("{n} {}", why.replace('_', " ")))
+            .collect();
+        field("Handshake fails", fails.join(", "));
+    }
     out
 }
 
@@ -139,11 +147,17 @@ fn connections_table(st: &RouterStatus) -> String {
                 Some(_) => "udp down: data avoids this link".into(),
                 None => String::new(),
             };
+            let crypto = match c.encryption.as_deref() {
+                Some("noise") => "encrypted".into(),
+                Some(_) => "plaintext".into(),
+                None => String::new(),
+            };
             vec![
                 arrow.into(),
                 c.address.clone(),
                 peer,
                 c.state.clone(),
+                crypto,
                 data,
                 id,
             ]

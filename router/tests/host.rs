@@ -284,8 +284,8 @@ async fn assert_host_net(bridge: &str, tap: &str, net: &host::HostNet) {
     assert_eq!(t.mac, Some(net.tap_mac));
     assert_eq!(
         tun_options(tap).await,
-        (libc::IFF_TAP as u8, 0, 0, 1),
-        "TAP mode, no packet information, no virtio header, multi-queue"
+        (libc::IFF_TAP as u8, 0, 1, 1),
+        "TAP mode, no packet information, a virtio header (offloads), multi-queue"
     );
     assert_eq!(host::mac_address(tap).await.unwrap(), Some(net.tap_mac));
 }
@@ -307,14 +307,15 @@ fn setup_creates_then_adopts_and_teardown_removes_everything() {
         assert_host_net("weft", "weft-tap", &second).await;
         drop(first);
 
-        // The data plane's device works: a frame written to it enters the
-        // kernel as received on the TAP.
+        // The data plane's device works: a frame written to it, behind a
+        // virtio-net header that asks nothing, enters the kernel as
+        // received on the TAP.
         let tap = second.take_tap().unwrap();
         let before = rx_packets("weft-tap").await;
-        let mut frame = [0u8; 60];
-        frame[..6].copy_from_slice(&[0xff; 6]);
-        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        let mut frame = [0u8; 10 + 60];
+        frame[10..16].copy_from_slice(&[0xff; 6]);
+        frame[16..22].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        frame[22..24].copy_from_slice(&0x88b5u16.to_be_bytes());
         assert_eq!(tap.send(&frame).unwrap(), frame.len());
         assert_eq!(rx_packets("weft-tap").await, before + 1);
 

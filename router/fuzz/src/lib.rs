@@ -24,6 +24,7 @@ use weft_router::core::identity::{Identity, PeerName, PeerUid};
 use weft_router::core::wire::addr::{PeerAddr, WireAddr};
 use weft_router::core::wire::control::{ControlMessage, Features};
 use weft_router::core::wire::framing::{FrameDecoder, encode_frame};
+use weft_router::core::crypto::handshake::{HELLO_LEN, PLAINTEXT_HELLO};
 use weft_router::core::wire::preamble::{PREAMBLE_LEN, PROTOCOL_MAX, PROTOCOL_MIN, Preamble};
 use weft_router::core::wire::topology::{
     ConnEntry, FLAG_ESTABLISHED, FLAG_OUTBOUND, PeerEntry, TopologyUpdate,
@@ -81,6 +82,15 @@ pub fn preamble() -> Vec<u8> {
     Preamble::new(PROTOCOL_MIN..=PROTOCOL_MAX).emit().to_vec()
 }
 
+/// What a plaintext peer sends before its first frame: the preamble, then
+/// the cleartext `Hello` that says it does not encrypt (the same bytes
+/// whichever side dialled).
+pub fn handshake_prefix() -> Vec<u8> {
+    let mut out = preamble();
+    out.extend(PLAINTEXT_HELLO);
+    out
+}
+
 /// The `Features` the fuzzing peer sends, with `uid` as its uid.
 ///
 /// Taken from what a real `Router` with the peer's identity sends, rather
@@ -107,14 +117,14 @@ fn features_sent_by_peer(uid: u64) -> Features {
     let now = Instant::now();
     let mut peer = Router::new(RouterConfig::new(identity, 6783, uid), now);
     let conn = peer.handle_inbound(now, SocketAddr::from(([192, 0, 2, 1], 40000)));
-    peer.handle_bytes(now, conn, &preamble());
+    peer.handle_bytes(now, conn, &handshake_prefix());
     let mut sent = Vec::new();
     while let Some(a) = peer.poll_action() {
         if let Action::Send { bytes, .. } = a {
             sent.extend(bytes);
         }
     }
-    match ControlMessage::decode(&sent[PREAMBLE_LEN + 4..]) {
+    match ControlMessage::decode(&sent[PREAMBLE_LEN + HELLO_LEN + 4..]) {
         Ok(ControlMessage::Features(f)) => f,
         other => panic!("a router answered a preamble with {other:?}"),
     }
@@ -165,7 +175,7 @@ impl Prefix {
     pub fn stream(self, uid: u64, fuzz: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         if self != Prefix::None {
-            out.extend(preamble());
+            out.extend(handshake_prefix());
         }
         if matches!(self, Prefix::Features | Prefix::AutoFramed) {
             out.extend(frame(&ControlMessage::Features(peer_features(uid))));
@@ -262,6 +272,7 @@ pub struct SentStreams {
 #[derive(Debug, Default)]
 struct SentStream {
     preamble: Vec<u8>,
+    hello: Vec<u8>,
     decoder: FrameDecoder,
     said_close: bool,
     closed: bool,
@@ -285,6 +296,14 @@ impl SentStreams {
                         Ok(Some(_)) => {}
                         Ok(None) => assert!(bytes.is_empty()),
                         Err(e) => panic!("router sent a bad preamble: {e}"),
+                    }
+                }
+                if !bytes.is_empty() && s.hello.len() < HELLO_LEN {
+                    let take = (HELLO_LEN - s.hello.len()).min(bytes.len());
+                    s.hello.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if s.hello.len() == HELLO_LEN {
+                        assert_eq!(s.hello, PLAINTEXT_HELLO, "router sent an unexpected Hello");
                     }
                 }
                 s.decoder.push(bytes);
@@ -329,7 +348,7 @@ pub fn oversized_name_input() -> Vec<u8> {
         step: 5,
     };
     let mut input = header.emit().to_vec();
-    input.extend(preamble());
+    input.extend(handshake_prefix());
     // Features { name: 2^48 + 0x9a00002, "fuzz-peer", uid 7, half 0x1234,
     // ports 6783, 6783 }, framed by hand: the encoder cannot build it.
     input.extend([
@@ -739,7 +758,7 @@ pub fn seeds() -> Vec<Seed> {
 
     let handshake = |flags: u8, chunk: u8| {
         let mut v = vec![flags, chunk];
-        v.extend(preamble());
+        v.extend(handshake_prefix());
         v.extend(frame(&features));
         v.extend(&framed_session);
         v.extend(&framed_close);
@@ -767,7 +786,7 @@ pub fn seeds() -> Vec<Seed> {
         step: 5,
     };
     let mut raw = header(Prefix::None, false, false, false).emit().to_vec();
-    raw.extend(preamble());
+    raw.extend(handshake_prefix());
     raw.extend(frame(&features));
     raw.extend(&framed_session);
     raw.extend(&framed_close);

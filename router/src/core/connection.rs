@@ -58,6 +58,8 @@ pub enum CloseReason {
     ReplacedByNewIncarnation,
     HandshakeTimeout(Duration),
     TooManyHandshakes(usize),
+    /// This source opened connections faster than handshakes are allowed.
+    RateLimited(std::net::IpAddr),
     HeartbeatTimeout(Duration),
     /// The encryption handshake failed (wrong password, untrusted key, ...).
     Handshake(HandshakeError),
@@ -96,6 +98,10 @@ impl fmt::Display for CloseReason {
             CloseReason::TooManyHandshakes(n) => write!(
                 f,
                 "too many pending handshakes ({n}); refusing new connections until they finish"
+            ),
+            CloseReason::RateLimited(ip) => write!(
+                f,
+                "too many connection attempts from {ip}; refusing until it slows down"
             ),
             CloseReason::HeartbeatTimeout(d) => write!(f, "no heartbeat for {d:?}"),
             CloseReason::Handshake(e) => write!(f, "{e}"),
@@ -461,6 +467,7 @@ mod tests {
             conn_half: 0xf0,
             listen_port: 6783,
             udp_port: 6783,
+            trusts_you: false,
         }
     }
 

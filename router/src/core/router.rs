@@ -24,11 +24,13 @@ use crate::core::crypto::{DataLimits, DataSession, HandshakeConfig};
 use crate::core::data_path::{DataPath, DataPathConfig, ack_for_probe};
 use crate::core::gossip::{self, GossipKind, GossipStats, Gossiper, TOPOLOGY_CHANNEL};
 use crate::core::identity::{Identity, PeerName};
+use crate::core::rate_limit::HandshakeLimiter;
 use crate::core::routes::Routes;
 use crate::core::status::{
     ConnectionStatus, DataPathStatus, PeerConnectionStatus, PeerStatus, RouterStatus, TargetStatus,
 };
 use crate::core::topology::Topology;
+use crate::core::wire::addr::Subnet;
 use crate::core::wire::addr::{PeerAddr, WireAddr};
 use crate::core::wire::control::{ControlMessage, Features, MAX_REASON_LEN, validate_channel};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN, Preamble};
@@ -76,6 +78,10 @@ pub struct RouterConfig {
     pub crypto: HandshakeConfig,
     /// Rekey limits of data-plane sessions.
     pub data_limits: DataLimits,
+    /// Underlay subnets trusted not to need data encryption: data to a
+    /// peer goes unencrypted when each side sees the other's address in
+    /// its trusted subnets. Control stays encrypted.
+    pub trusted_subnets: Vec<Subnet>,
     /// Seed for every random choice the core makes.
     pub seed: u64,
 }
@@ -97,6 +103,7 @@ impl RouterConfig {
             backoff: BackoffConfig::default(),
             crypto: HandshakeConfig::Plaintext,
             data_limits: DataLimits::default(),
+            trusted_subnets: Vec::new(),
             seed,
         }
     }
@@ -157,6 +164,7 @@ pub struct Router {
     channels: BTreeMap<String, Box<dyn Gossiper>>,
     actions: VecDeque<Action>,
     sessions_out: VecDeque<SessionEvent>,
+    limiter: HandshakeLimiter,
     next_full_gossip: Instant,
     stats: GossipStats,
     /// The UDP data path to each neighbour.
@@ -200,6 +208,7 @@ impl Router {
             channels: BTreeMap::new(),
             actions: VecDeque::new(),
             sessions_out: VecDeque::new(),
+            limiter: HandshakeLimiter::default(),
             next_full_gossip: first_gossip,
             stats: GossipStats::default(),
             paths: HashMap::new(),
@@ -305,7 +314,10 @@ impl Router {
     pub fn handle_inbound(&mut self, now: Instant, remote: SocketAddr) -> ConnHandle {
         let pending = self.conns.values().filter(|c| c.remote().is_none()).count();
         let handle = self.open(now, Direction::Inbound, remote);
-        if pending >= MAX_PENDING_HANDSHAKES {
+        if !self.limiter.allow(now, remote.ip()) {
+            debug!(%remote, "refusing connection: too many handshakes from this address");
+            self.close(now, handle, CloseReason::RateLimited(remote.ip()), false);
+        } else if pending >= MAX_PENDING_HANDSHAKES {
             warn!(%remote, pending, "refusing connection: too many pending handshakes");
             self.close(
                 now,
@@ -337,6 +349,7 @@ impl Router {
                         conn_half: self.conns[&conn].local_half,
                         listen_port: self.config.listen_port,
                         udp_port: self.config.udp_port,
+                        trusts_you: self.trusts(self.conns[&conn].remote_addr.ip()),
                     });
                     self.send(now, conn, &features);
                 }
@@ -424,6 +437,11 @@ impl Router {
     /// The next data-plane session change for the I/O shell.
     pub fn poll_session(&mut self) -> Option<SessionEvent> {
         self.sessions_out.pop_front()
+    }
+
+    /// Whether `ip` lies in one of our trusted subnets.
+    fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.config.trusted_subnets.iter().any(|s| s.contains(ip))
     }
 
     /// How new connections are protected, in words for `weft status`.
@@ -889,7 +907,12 @@ impl Router {
         };
         let udp_addr = SocketAddr::new(c.remote_addr.ip(), f.udp_port);
         let conn_id = c.id().map_or(0, |i| i.0);
+        let data_in_clear = f.trusts_you && self.trusts(c.remote_addr.ip());
+        if data_in_clear && c.security.is_some() {
+            info!(peer = %f.name, "data to this peer is not encrypted: both sides trust each other's subnet");
+        }
         if let Some(c) = self.conns.get_mut(&conn)
+            && !data_in_clear
             && let (Some(sec), Some(keys)) = (c.security.clone(), c.take_data_keys())
         {
             let session = DataSession::new(

@@ -166,6 +166,22 @@ pub struct DataPlaneStatus {
     /// Plaintext datagrams refused from a neighbour that encrypts.
     #[serde(default)]
     pub plaintext_refused: u64,
+    /// Bytes of Ethernet frames read from the TAP device.
+    #[serde(default)]
+    pub bytes_from_tap: u64,
+    /// Bytes of Ethernet frames written to the TAP device.
+    #[serde(default)]
+    pub bytes_to_tap: u64,
+    /// UDP payload bytes sent to peers (own frames and relayed), as on the
+    /// wire (sealed when encrypted).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// UDP payload bytes received from the mesh.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Bytes of datagrams forwarded for other peers.
+    #[serde(default)]
+    pub bytes_relayed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -704,7 +704,8 @@ impl RouterTask {
 /// from the core's close reason (`CloseReason`'s text); `None` for closes
 /// that are no failure (our own shutdown).
 pub fn handshake_failure_reason(reason: &str) -> Option<&'static str> {
-    const PREFIXES: [(&str, &str); 16] = [
+    const PREFIXES: [(&str, &str); 17] = [
+        ("too many connection attempts", "rate_limited"),
         (
             "authentication failed: password mismatch",
             "password_mismatch",

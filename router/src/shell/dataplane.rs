@@ -122,6 +122,11 @@ struct Counters {
     plaintext_refused: AtomicU64,
     /// Encrypted datagrams that failed to open, by reason.
     crypto_dropped: Mutex<BTreeMap<&'static str, u64>>,
+    bytes_from_tap: AtomicU64,
+    bytes_to_tap: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_relayed: AtomicU64,
 }
 
 impl Counters {
@@ -308,6 +313,11 @@ impl DataPlane {
             rekeys,
             crypto_dropped,
             plaintext_refused: c.plaintext_refused.load(Ordering::Relaxed),
+            bytes_from_tap: c.bytes_from_tap.load(Ordering::Relaxed),
+            bytes_to_tap: c.bytes_to_tap.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            bytes_relayed: c.bytes_relayed.load(Ordering::Relaxed),
         }
     }
 
@@ -411,15 +421,26 @@ fn write_tap(shared: &Shared, frame: &[u8]) {
     let rc = unsafe { libc::writev(tap.as_raw_fd(), iov.as_ptr(), 2) };
     if rc < 0 {
         tap_write_failed(shared);
+    } else {
+        shared
+            .counters
+            .bytes_to_tap
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
     }
 }
 
 /// Writes a reassembled blob (virtio-net header and frame) to the TAP.
 fn write_tap_blob(shared: &Shared, blob: &[u8]) {
-    if let Some(tap) = &shared.tap
-        && tap.send(blob).is_err()
-    {
-        tap_write_failed(shared);
+    let Some(tap) = &shared.tap else { return };
+    match tap.send(blob) {
+        Ok(_) => {
+            let frame = blob.len().saturating_sub(vnet::LEN) as u64;
+            shared
+                .counters
+                .bytes_to_tap
+                .fetch_add(frame, Ordering::Relaxed);
+        }
+        Err(_) => tap_write_failed(shared),
     }
 }
 
@@ -436,6 +457,7 @@ fn record(shared: &Shared, report: &mut SendReport) {
         .fetch_add(report.too_big as u64, Ordering::Relaxed);
     c.udp_send_failed
         .fetch_add(report.failed as u64, Ordering::Relaxed);
+    c.bytes_sent.fetch_add(report.bytes, Ordering::Relaxed);
     *report = SendReport::default();
 }
 
@@ -482,6 +504,11 @@ fn tap_loop(shared: &Shared) {
         if n == 0 {
             continue;
         }
+        let read: usize = lens[..n].iter().map(|l| l.saturating_sub(vnet::LEN)).sum();
+        shared
+            .counters
+            .bytes_from_tap
+            .fetch_add(read as u64, Ordering::Relaxed);
         let now = Instant::now();
         let (Ok(mut fwd), Ok(neighbours), Ok(sessions)) = (
             shared.fwd.lock(),
@@ -639,6 +666,10 @@ fn udp_loop(shared: &Shared) {
         };
         for (addr, raw) in batch.iter_mut() {
             let Some(addr) = addr else { continue };
+            shared
+                .counters
+                .bytes_received
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
             // Open sealed datagrams in place; `sender` is the neighbour the
             // session authenticates, whatever the source address says.
             let (datagram, sender) = match raw.first() {
@@ -708,6 +739,10 @@ fn udp_loop(shared: &Shared) {
                 let Some(path) = neighbours.by_name.get(&hop) else {
                     continue;
                 };
+                shared
+                    .counters
+                    .bytes_relayed
+                    .fetch_add(datagram.len() as u64, Ordering::Relaxed);
                 let limit = out.limit(&[hop]);
                 if datagram.len() <= limit {
                     out.send_to(hop, path.addr, datagram);

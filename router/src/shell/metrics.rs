@@ -181,6 +181,22 @@ pub fn encode_status(status: &RouterStatus) -> Result<String, std::fmt::Error> {
                 .get_or_create(&vec![("direction", direction.to_owned())])
                 .inc_by(n);
         }
+        let bytes = counter_family(
+            &mut registry,
+            "bytes",
+            "Bytes through the data plane: frames read from the TAP device (from_tap) and written to it (to_tap), UDP payload sent to peers (sent) and received (received), datagrams forwarded for other peers (relayed)",
+        );
+        for (direction, n) in [
+            ("from_tap", dp.bytes_from_tap),
+            ("to_tap", dp.bytes_to_tap),
+            ("sent", dp.bytes_sent),
+            ("received", dp.bytes_received),
+            ("relayed", dp.bytes_relayed),
+        ] {
+            bytes
+                .get_or_create(&vec![("direction", direction.to_owned())])
+                .inc_by(n);
+        }
         counter(
             &mut registry,
             "datagrams_relayed",
@@ -199,8 +215,15 @@ pub fn encode_status(status: &RouterStatus) -> Result<String, std::fmt::Error> {
             ("unknown_sender", dp.unknown_sender),
             ("reassembly_abandoned", dp.reassembly_abandoned),
         ];
+        let crypto: Vec<(String, u64)> = dp
+            .crypto_dropped
+            .iter()
+            .map(|(r, n)| (format!("crypto_{r}"), *n))
+            .chain([("plaintext_refused".to_owned(), dp.plaintext_refused)])
+            .collect();
         let reasons = dp.dropped.iter().map(|(r, n)| (r.as_str(), *n));
-        for (reason, n) in reasons.chain(errors) {
+        let crypto = crypto.iter().map(|(r, n)| (r.as_str(), *n));
+        for (reason, n) in reasons.chain(errors).chain(crypto) {
             dropped
                 .get_or_create(&vec![("reason", reason.to_owned())])
                 .inc_by(n);
@@ -267,7 +290,9 @@ mod tests {
         }];
         st.data_plane = Some(DataPlaneStatus {
             frames_sent: 9,
+            bytes_sent: 12_345,
             dropped: [("no_route".to_owned(), 4)].into(),
+            crypto_dropped: [("replay_duplicate".to_owned(), 2)].into(),
             ..Default::default()
         });
         let text = encode_status(&st).unwrap();
@@ -281,6 +306,8 @@ mod tests {
             "weft_encryption_rekeys_total 0",
             "weft_frames_total{direction=\"sent\"} 9",
             "weft_dropped_total{reason=\"no_route\"} 4",
+            "weft_bytes_total{direction=\"sent\"} 12345",
+            "weft_dropped_total{reason=\"crypto_replay_duplicate\"} 2",
             "weft_router_info{name=\"7a:1f:00:9c:3e:01\",nickname=\"host-a\",version=\"0.1.0\",encryption=\"disabled\"} 1",
         ] {
             assert!(

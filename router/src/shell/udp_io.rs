@@ -271,6 +271,8 @@ impl Default for SendBatch {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendReport {
     pub sent: usize,
+    /// Bytes of the datagrams sent.
+    pub bytes: u64,
     /// Rejected by the kernel as larger than the interface MTU allows.
     pub too_big: usize,
     /// Dropped for any other error (no route, buffer full).
@@ -407,10 +409,13 @@ impl SendBatch {
             };
             if rc > 0 {
                 let done = rc as usize;
-                report.sent += plan[next..next + done]
-                    .iter()
-                    .map(|r| r.count)
-                    .sum::<usize>();
+                for r in &plan[next..next + done] {
+                    report.sent += r.count;
+                    report.bytes += self.bufs[r.start..r.start + r.count]
+                        .iter()
+                        .map(|b| b.len() as u64)
+                        .sum::<u64>();
+                }
                 next += done;
                 continue;
             }
@@ -430,7 +435,10 @@ impl SendBatch {
                 }
                 for i in run.start..run.start + run.count {
                     match sock.send_to(&self.bufs[i], self.addrs[i]) {
-                        Ok(_) => report.sent += 1,
+                        Ok(n) => {
+                            report.sent += 1;
+                            report.bytes += n as u64;
+                        }
                         Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => report.too_big += 1,
                         Err(_) => report.failed += 1,
                     }
@@ -481,6 +489,7 @@ mod tests {
             report,
             SendReport {
                 sent: 40,
+                bytes: 4000,
                 too_big: 0,
                 failed: 0
             }
@@ -577,6 +586,7 @@ mod tests {
             report,
             SendReport {
                 sent: 1,
+                bytes: 5,
                 too_big: 1,
                 failed: 0
             }

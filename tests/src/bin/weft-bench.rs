@@ -125,33 +125,77 @@ fn run(secs: f64) -> Result<()> {
     let r = measure(&net, &helper, &raw, secs, None)?;
     let w = measure(&net, &helper, &weft, secs, Some(&routers))?;
 
+    println!("relaunching both routers with a password (encrypted control and data)");
+    let password = net.tmp_dir().join("password");
+    std::fs::write(&password, "weft-bench-password\n").context("writing the password file")?;
+    let password = password.to_string_lossy().into_owned();
+    for h in ["h1", "h2"] {
+        net.weft(h, &["stop"])?;
+    }
+    net.launch("h1", &["--password-file", &password])?;
+    net.launch("h2", &["--password-file", &password, &h1])?;
+    net.wait_until(
+        "c1 pings c2 through encrypted weft",
+        Duration::from_secs(60),
+        || {
+            Ok(net
+                .exec(
+                    "c1",
+                    "ping",
+                    &["-c", "1", "-W", "1", "10.40.0.2"],
+                    Duration::from_secs(5),
+                )?
+                .status
+                .success())
+        },
+    )?;
+    let routers: Vec<u32> = ["h1", "h2"]
+        .iter()
+        .map(|h| net.pid(h).with_context(|| format!("no weft pid on {h}")))
+        .collect::<Result<_>>()?;
+    let e = measure(&net, &helper, &weft, secs, Some(&routers))?;
+    let sessions = net
+        .report("h1")?
+        .0
+        .data_plane
+        .map_or(0, |d| d.encrypted_sessions);
+    anyhow::ensure!(
+        sessions == 1,
+        "h1 reports {sessions} encrypted sessions, expected 1"
+    );
+
     println!();
     println!(
-        "{:<30} {:>12} {:>12} {:>10}",
-        "", raw.label, weft.label, "weft/raw"
+        "{:<30} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "", raw.label, "weft", "encrypted", "weft/raw", "enc/weft"
     );
-    let row = |name: &str, a: f64, b: f64, unit: f64, digits: usize| {
+    let row = |name: &str, a: f64, b: f64, c: f64, unit: f64, digits: usize| {
         println!(
-            "{:<30} {:>12.digits$} {:>12.digits$} {:>10.2}",
+            "{:<30} {:>10.digits$} {:>10.digits$} {:>10.digits$} {:>9.2} {:>9.2}",
             name,
             a / unit,
             b / unit,
-            b / a
+            c / unit,
+            b / a,
+            c / b
         );
     };
-    row("TCP, 1 stream (Gbit/s)", r.tcp1, w.tcp1, 1e9, 2);
-    row("TCP, 4 streams (Gbit/s)", r.tcp4, w.tcp4, 1e9, 2);
-    row("ping RTT, average (ms)", r.rtt, w.rtt, 1.0, 3);
-    for (name, v) in [
-        ("weft CPU s per GB, 1 stream", w.cpu1),
-        ("weft CPU s per GB, 4 streams", w.cpu4),
+    row("TCP, 1 stream (Gbit/s)", r.tcp1, w.tcp1, e.tcp1, 1e9, 2);
+    row("TCP, 4 streams (Gbit/s)", r.tcp4, w.tcp4, e.tcp4, 1e9, 2);
+    row("ping RTT, average (ms)", r.rtt, w.rtt, e.rtt, 1.0, 3);
+    for (name, v, x) in [
+        ("weft CPU s per GB, 1 stream", w.cpu1, e.cpu1),
+        ("weft CPU s per GB, 4 streams", w.cpu4, e.cpu4),
     ] {
+        let (v, x) = (v.unwrap_or(f64::NAN), x.unwrap_or(f64::NAN));
         println!(
-            "{:<30} {:>12} {:>12.2} {:>10}",
+            "{:<30} {:>10} {:>10.2} {:>10.2} {:>9} {:>9.2}",
             name,
             "-",
-            v.unwrap_or(f64::NAN),
-            "-"
+            v,
+            x,
+            "-",
+            x / v
         );
     }
     drop(net);

@@ -66,10 +66,20 @@ fn run(hold: bool) -> Result<()> {
     ));
     net.cut(CUT.0, CUT.1)?;
 
-    step("launching routers, each knowing only its predecessor in the line");
+    step("launching routers, each knowing only its predecessor in the line, all with one password");
+    let password = net.tmp_dir().join("password");
+    std::fs::write(&password, "weft demo password\n")?;
+    let password = password.to_string_lossy().into_owned();
     let mut previous: Option<String> = None;
     for name in HOSTS {
-        let mut args = vec!["--heartbeat-interval", "500ms", "--heartbeat-timeout", "2s"];
+        let mut args = vec![
+            "--heartbeat-interval",
+            "500ms",
+            "--heartbeat-timeout",
+            "2s",
+            "--password-file",
+            &password,
+        ];
         if let Some(p) = &previous {
             args.push(p);
         }
@@ -165,16 +175,15 @@ fn run(hold: bool) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e:#}\n{}", net.diagnostics()))?;
     print!("{}", out.stdout);
     let relay = net.report(via)?;
+    let dp = relay.0.data_plane.as_ref();
     println!(
-        "   {} relayed {} datagrams between {} and {} without reading the frames inside",
+        "   {} relayed {} datagrams between {} and {}: opened with one neighbour's session keys, re-sealed with the other's ({}, {} encrypted sessions)",
         via,
-        relay
-            .0
-            .data_plane
-            .as_ref()
-            .map_or(0, |d| d.datagrams_relayed),
+        dp.map_or(0, |d| d.datagrams_relayed),
         CUT.0,
-        CUT.1
+        CUT.1,
+        relay.0.encryption.mode,
+        dp.map_or(0, |d| d.encrypted_sessions),
     );
 
     if hold {

@@ -397,11 +397,11 @@ fn a_connect_flood_is_refused_beyond_the_pending_limit_and_peers_keep_working() 
     net.routers[0].add_targets(net.now, [t]);
     net.pump();
     let now = net.now;
+    // From many addresses, so the per-address rate limit is not what
+    // refuses them.
     for i in 0..(MAX_PENDING_HANDSHAKES + 10) {
-        net.routers[1].handle_inbound(
-            now,
-            SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i as u16),
-        );
+        let ip = std::net::Ipv4Addr::new(198, 18, (i / 200) as u8, (i % 200) as u8 + 1);
+        net.routers[1].handle_inbound(now, SocketAddr::new(ip.into(), 1000 + i as u16));
     }
     net.pump();
     let refused = net
@@ -425,6 +425,32 @@ fn a_connect_flood_is_refused_beyond_the_pending_limit_and_peers_keep_working() 
         1,
         "the real peer stayed connected throughout"
     );
+}
+
+#[test]
+fn one_address_opening_connections_fast_is_rate_limited() {
+    let mut net = Net::new(vec![config(identity(1, 11)), config(identity(2, 22))]);
+    let t = net.target(1);
+    net.routers[0].add_targets(net.now, [t]);
+    net.pump();
+    let now = net.now;
+    for i in 0..30u16 {
+        net.routers[1].handle_inbound(
+            now,
+            SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i),
+        );
+    }
+    net.pump();
+    let limited = net
+        .closed
+        .iter()
+        .filter(|(_, r)| r.starts_with("too many connection attempts from 192.0.2.99"))
+        .count();
+    assert_eq!(
+        limited,
+        30 - crate::core::rate_limit::HANDSHAKE_BURST as usize
+    );
+    assert_eq!(net.established(1).len(), 1, "the real peer is unaffected");
 }
 
 fn connect_all(net: &mut Net, edges: &[(usize, usize)]) {
@@ -534,4 +560,85 @@ fn udp_from_the_wrong_address_or_for_someone_else_is_ignored() {
             .unwrap()
             .usable
     );
+}
+
+mod encryption {
+    use super::*;
+    use crate::core::crypto::{KdfParams, NoiseConfig, Psk, PskSet, StaticKeypair};
+    use std::sync::Arc;
+
+    fn noise(password: &str) -> HandshakeConfig {
+        let psk = Psk::from_password_with(password, KdfParams::INSECURE_FAST).unwrap();
+        HandshakeConfig::Noise(
+            NoiseConfig::new(
+                Arc::new(StaticKeypair::generate().unwrap()),
+                Some(Arc::new(PskSet::new(psk, Vec::new()))),
+                None,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn encrypted(i: u64, trusted: &[&str]) -> RouterConfig {
+        let mut c = config(identity(i, i * 11));
+        c.crypto = noise("sesame");
+        c.trusted_subnets = trusted.iter().map(|s| s.parse().unwrap()).collect();
+        c
+    }
+
+    fn installs(r: &mut Router) -> Vec<PeerName> {
+        let mut out = Vec::new();
+        while let Some(e) = r.poll_session() {
+            if let SessionEvent::Install { peer, .. } = e {
+                out.push(peer);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn encrypted_peers_get_data_sessions_unless_both_trust_the_subnet() {
+        // (trusted subnets of router 1, of router 2, sessions expected)
+        let cases: [(&[&str], &[&str], bool); 3] = [
+            (&[], &[], true),
+            (&["192.0.2.0/24"], &[], true),
+            (&["192.0.2.0/24"], &["192.0.2.1/32"], false),
+        ];
+        for (a, b, sessions) in cases {
+            let mut net = Net::new(vec![encrypted(1, a), encrypted(2, b)]);
+            let t = net.target(1);
+            net.routers[0].add_targets(net.now, [t]);
+            net.pump();
+            assert_eq!(net.established(0).len(), 1, "{a:?} {b:?}: {:?}", net.closed);
+            let (one, two) = (
+                net.routers[0].identity().name,
+                net.routers[1].identity().name,
+            );
+            let got = (installs(&mut net.routers[0]), installs(&mut net.routers[1]));
+            if sessions {
+                assert_eq!(got, (vec![two], vec![one]), "{a:?} {b:?}");
+            } else {
+                assert_eq!(got, (vec![], vec![]), "{a:?} {b:?}");
+            }
+            assert_eq!(net.routers[0].encryption_mode(), "noise (password)");
+        }
+    }
+
+    #[test]
+    fn a_wrong_password_never_establishes_and_says_why() {
+        let mut bad = encrypted(2, &[]);
+        bad.crypto = noise("other");
+        let mut net = Net::new(vec![encrypted(1, &[]), bad]);
+        let t = net.target(1);
+        net.routers[0].add_targets(net.now, [t]);
+        net.pump();
+        assert!(net.established(0).is_empty());
+        assert!(
+            net.closed
+                .iter()
+                .any(|(_, r)| r == "authentication failed: password mismatch"),
+            "{:?}",
+            net.closed
+        );
+    }
 }

@@ -25,6 +25,10 @@ pub struct Features {
     /// The UDP port this router receives data on (the same number as the
     /// TCP port unless configured otherwise).
     pub udp_port: u16,
+    /// The sender sees the receiver's address inside its `--trusted-subnets`:
+    /// if both sides say so, data between them is not encrypted (the
+    /// control connection always is, when encryption is on).
+    pub trusts_you: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +128,7 @@ mod tests {
             conn_half: 0x80,
             listen_port: 6783,
             udp_port: 6783,
+            trusts_you: true,
         });
         let bytes = msg.encode();
         assert_eq!(
@@ -136,6 +141,7 @@ mod tests {
                 0x80, 0x01, // conn_half 128
                 0xff, 0x34, // listen port 6783
                 0xff, 0x34, // UDP port 6783
+                0x01, // trusts_you
             ]
         );
         assert_eq!(ControlMessage::decode(&bytes), Ok(msg));
