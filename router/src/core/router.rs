@@ -190,6 +190,9 @@ pub struct NeighbourPath {
     /// Largest UDP payload the path carries.
     pub payload_limit: usize,
     pub usable: bool,
+    /// Whether `payload_limit` is a verified path MTU, or the safe minimum
+    /// used until probing finishes.
+    pub verified: bool,
 }
 
 impl Router {
@@ -574,6 +577,7 @@ impl Router {
                         addr: path.addr,
                         payload_limit: path.payload_limit(),
                         usable: path.reported_usable(),
+                        verified: path.pmtu_verified(),
                     };
                     (p, np)
                 })

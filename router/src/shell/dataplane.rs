@@ -42,7 +42,7 @@ use tun_rs::{InterruptEvent, SyncDevice};
 use crate::core::crypto::data::{self as sealed, peek_receiver_index};
 use crate::core::crypto::{DataError, DataSession};
 use crate::core::forward::{
-    Batcher, Destination, DropReason, Forwarder, Sink, TapVerdict, resplit,
+    Batcher, Destination, DropReason, ENCAP_OVERHEAD, Forwarder, Sink, TapVerdict, resplit,
 };
 use crate::core::identity::PeerName;
 use crate::core::reassembly::Reassembler;
@@ -367,6 +367,12 @@ impl Out<'_> {
         }
     }
 
+    /// Whether every one of `hops` has a verified path MTU.
+    fn verified(&self, hops: &[PeerName]) -> bool {
+        hops.iter()
+            .all(|h| self.neighbours.by_name.get(h).is_some_and(|n| n.verified))
+    }
+
     /// Largest plaintext datagram all of `hops` accept: the path MTU less
     /// the sealing overhead where there is a session; 0 if one is unknown.
     fn limit(&self, hops: &[PeerName]) -> usize {
@@ -541,50 +547,59 @@ fn tap_loop(shared: &Shared) {
                 if vh.flags & vnet::F_NEEDS_CSUM != 0 {
                     vnet::complete_checksum(frame, vh.csum_start, vh.csum_offset);
                 }
-                forward_frame(
-                    shared,
-                    &mut fwd,
-                    &mut batcher,
-                    &mut hops,
-                    &mut out,
-                    now,
-                    frame,
-                );
+                let Some((dst, limit)) =
+                    route(shared, &mut fwd, &mut hops, &out, now, &blob[vnet::LEN..])
+                else {
+                    continue;
+                };
+                // Until a path's MTU is verified it runs at the IPv4
+                // minimum; answering bigger frames with ICMP then would make
+                // the container's kernel remember a tiny path MTU for ten
+                // minutes. Carry them whole instead, like TSO frames.
+                if ENCAP_OVERHEAD + blob.len() - vnet::LEN > limit
+                    && !hops.is_empty()
+                    && !out.verified(&hops)
+                {
+                    blob[..vnet::LEN].copy_from_slice(&VnetHeader::PLAIN);
+                    batcher.flush(&mut out);
+                    frame_id = frame_id.wrapping_add(1);
+                    send_whole(
+                        shared.local,
+                        &mut fwd,
+                        &hops,
+                        &mut out,
+                        dst,
+                        limit,
+                        frame_id,
+                        blob,
+                        &mut scratch,
+                    );
+                    continue;
+                }
+                let dest = dst.map_or(Destination::Everyone, Destination::Peer);
+                batcher.push(&mut fwd, dest, &hops, limit, &blob[vnet::LEN..], &mut out);
                 continue;
             }
-            let dst = match fwd.from_tap(now, &blob[vnet::LEN..]) {
-                TapVerdict::Drop(_) => continue,
-                TapVerdict::Unicast { dst, next_hop } => {
-                    hops.clear();
-                    hops.push(next_hop);
-                    Some(dst)
-                }
-                TapVerdict::Flood => {
-                    hops.clear();
-                    hops.extend_from_slice(fwd.flood_hops(shared.local));
-                    None
-                }
+            let Some((dst, limit)) =
+                route(shared, &mut fwd, &mut hops, &out, now, &blob[vnet::LEN..])
+            else {
+                continue;
             };
-            let limit = out.limit(&hops);
             // Frames already batched for the same peers go first, so a TCP
             // stream's segments stay in order.
             batcher.flush(&mut out);
-            let header = Header {
-                kind: Kind::Segment,
-                hop_limit: DEFAULT_HOP_LIMIT,
-                src: shared.local,
-                dst,
-            };
             frame_id = frame_id.wrapping_add(1);
-            let sent = udp::segment(header, frame_id, blob, limit, &mut scratch, |d| {
-                out.datagram(&hops, d);
-            });
-            if sent {
-                fwd.stats.frames_sent += 1;
-                fwd.stats.large_frames_sent += 1;
-            } else if !hops.is_empty() {
-                fwd.stats.drop(DropReason::TooBig);
-            }
+            send_whole(
+                shared.local,
+                &mut fwd,
+                &hops,
+                &mut out,
+                dst,
+                limit,
+                frame_id,
+                blob,
+                &mut scratch,
+            );
         }
         batcher.flush(&mut out);
         if now.duration_since(last_sweep) >= MAC_SWEEP {
@@ -599,29 +614,61 @@ fn tap_loop(shared: &Shared) {
     }
 }
 
-/// Sends one ordinary (not offloaded) frame read from the TAP: batched with
-/// others for the same peers, or answered with ICMP if it cannot fit.
-fn forward_frame(
+/// Where a frame read from the TAP goes: its destination router (`None`
+/// for everyone; next hops in `hops`) and the largest datagram for them.
+/// `None` if it is dropped (learned nonetheless).
+fn route(
     shared: &Shared,
     fwd: &mut Forwarder,
-    batcher: &mut Batcher,
     hops: &mut Vec<PeerName>,
-    out: &mut Out<'_>,
+    out: &Out<'_>,
     now: Instant,
     frame: &[u8],
-) {
-    match fwd.from_tap(now, frame) {
-        TapVerdict::Drop(_) => {}
+) -> Option<(Option<PeerName>, usize)> {
+    let dst = match fwd.from_tap(now, frame) {
+        TapVerdict::Drop(_) => return None,
         TapVerdict::Unicast { dst, next_hop } => {
-            let limit = out.limit(&[next_hop]);
-            batcher.push(fwd, Destination::Peer(dst), &[next_hop], limit, frame, out);
+            hops.clear();
+            hops.push(next_hop);
+            Some(dst)
         }
         TapVerdict::Flood => {
             hops.clear();
             hops.extend_from_slice(fwd.flood_hops(shared.local));
-            let limit = out.limit(hops);
-            batcher.push(fwd, Destination::Everyone, hops, limit, frame, out);
+            None
         }
+    };
+    Some((dst, out.limit(hops)))
+}
+
+/// Sends a frame blob (virtio-net header and frame) whole, as segment
+/// datagrams no larger than `limit`.
+#[allow(clippy::too_many_arguments)]
+fn send_whole(
+    local: PeerName,
+    fwd: &mut Forwarder,
+    hops: &[PeerName],
+    out: &mut Out<'_>,
+    dst: Option<PeerName>,
+    limit: usize,
+    frame_id: u32,
+    blob: &[u8],
+    scratch: &mut Vec<u8>,
+) {
+    let header = Header {
+        kind: Kind::Segment,
+        hop_limit: DEFAULT_HOP_LIMIT,
+        src: local,
+        dst,
+    };
+    let sent = udp::segment(header, frame_id, blob, limit, scratch, |d| {
+        out.datagram(hops, d);
+    });
+    if sent {
+        fwd.stats.frames_sent += 1;
+        fwd.stats.large_frames_sent += 1;
+    } else if !hops.is_empty() {
+        fwd.stats.drop(DropReason::TooBig);
     }
 }
 
@@ -857,6 +904,7 @@ mod tests {
             addr: s.local_addr().unwrap(),
             payload_limit: 1472,
             usable: true,
+            verified: true,
         };
         dp.update(DataView {
             version: 1,
