@@ -606,19 +606,9 @@ mod tests {
 
     mod encrypted {
         use super::*;
-        use crate::core::crypto::{KdfParams, NoiseConfig, Psk, PskSet, StaticKeypair};
-        use std::sync::Arc;
 
         fn noise(password: &str) -> HandshakeConfig {
-            let psk = Psk::from_password_with(password, KdfParams::INSECURE_FAST).unwrap();
-            HandshakeConfig::Noise(
-                NoiseConfig::new(
-                    Arc::new(StaticKeypair::generate().unwrap()),
-                    Some(Arc::new(PskSet::new(psk, Vec::new()))),
-                    None,
-                )
-                .unwrap(),
-            )
+            crate::core::crypto::test_config(password)
         }
 
         fn pair(a: HandshakeConfig, b: HandshakeConfig) -> (Connection, Connection) {

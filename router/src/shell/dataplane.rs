@@ -542,49 +542,29 @@ fn tap_loop(shared: &Shared) {
                 debug!("TAP frame with an unexpected virtio-net header");
                 continue;
             };
-            if !vh.is_gso() {
-                let frame = &mut blob[vnet::LEN..];
-                if vh.flags & vnet::F_NEEDS_CSUM != 0 {
-                    vnet::complete_checksum(frame, vh.csum_start, vh.csum_offset);
-                }
-                let Some((dst, limit)) =
-                    route(shared, &mut fwd, &mut hops, &out, now, &blob[vnet::LEN..])
-                else {
-                    continue;
-                };
-                // Until a path's MTU is verified it runs at the IPv4
-                // minimum; answering bigger frames with ICMP then would make
-                // the container's kernel remember a tiny path MTU for ten
-                // minutes. Carry them whole instead, like TSO frames.
-                if ENCAP_OVERHEAD + blob.len() - vnet::LEN > limit
-                    && !hops.is_empty()
-                    && !out.verified(&hops)
-                {
-                    blob[..vnet::LEN].copy_from_slice(&VnetHeader::PLAIN);
-                    batcher.flush(&mut out);
-                    frame_id = frame_id.wrapping_add(1);
-                    send_whole(
-                        shared.local,
-                        &mut fwd,
-                        &hops,
-                        &mut out,
-                        dst,
-                        limit,
-                        frame_id,
-                        blob,
-                        &mut scratch,
-                    );
-                    continue;
-                }
-                let dest = dst.map_or(Destination::Everyone, Destination::Peer);
-                batcher.push(&mut fwd, dest, &hops, limit, &blob[vnet::LEN..], &mut out);
-                continue;
+            if !vh.is_gso() && vh.flags & vnet::F_NEEDS_CSUM != 0 {
+                vnet::complete_checksum(&mut blob[vnet::LEN..], vh.csum_start, vh.csum_offset);
             }
             let Some((dst, limit)) =
                 route(shared, &mut fwd, &mut hops, &out, now, &blob[vnet::LEN..])
             else {
                 continue;
             };
+            if !vh.is_gso() {
+                // Until a path's MTU is verified it runs at the IPv4
+                // minimum; answering bigger frames with ICMP then would make
+                // the container's kernel remember a tiny path MTU for ten
+                // minutes. Carry them whole instead, like TSO frames.
+                let unverified_too_big = ENCAP_OVERHEAD + blob.len() - vnet::LEN > limit
+                    && !hops.is_empty()
+                    && !out.verified(&hops);
+                if !unverified_too_big {
+                    let dest = dst.map_or(Destination::Everyone, Destination::Peer);
+                    batcher.push(&mut fwd, dest, &hops, limit, &blob[vnet::LEN..], &mut out);
+                    continue;
+                }
+                blob[..vnet::LEN].copy_from_slice(&VnetHeader::PLAIN);
+            }
             // Frames already batched for the same peers go first, so a TCP
             // stream's segments stay in order.
             batcher.flush(&mut out);

@@ -62,6 +62,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Waits until c1 reaches c2 across the overlay.
+fn wait_for_ping(net: &Net, what: &str) -> Result<()> {
+    net.wait_until(what, Duration::from_secs(60), || {
+        Ok(net
+            .exec(
+                "c1",
+                "ping",
+                &["-c", "1", "-W", "1", "10.40.0.2"],
+                Duration::from_secs(5),
+            )?
+            .status
+            .success())
+    })?;
+    Ok(())
+}
+
 /// One side of the comparison: who sends, who receives, at which address.
 struct Leg {
     label: &'static str,
@@ -93,17 +109,7 @@ fn run(secs: f64) -> Result<()> {
     net.launch("h2", &[&h1])?;
     net.attach("h1", "c1", &["10.40.0.1/24"])?;
     net.attach("h2", "c2", &["10.40.0.2/24"])?;
-    net.wait_until("c1 pings c2 through weft", Duration::from_secs(60), || {
-        Ok(net
-            .exec(
-                "c1",
-                "ping",
-                &["-c", "1", "-W", "1", "10.40.0.2"],
-                Duration::from_secs(5),
-            )?
-            .status
-            .success())
-    })?;
+    wait_for_ping(&net, "c1 pings c2 through weft")?;
     println!("weft binary: {}", net.weft_path().display());
 
     let raw = Leg {
@@ -134,21 +140,7 @@ fn run(secs: f64) -> Result<()> {
     }
     net.launch("h1", &["--password-file", &password])?;
     net.launch("h2", &["--password-file", &password, &h1])?;
-    net.wait_until(
-        "c1 pings c2 through encrypted weft",
-        Duration::from_secs(60),
-        || {
-            Ok(net
-                .exec(
-                    "c1",
-                    "ping",
-                    &["-c", "1", "-W", "1", "10.40.0.2"],
-                    Duration::from_secs(5),
-                )?
-                .status
-                .success())
-        },
-    )?;
+    wait_for_ping(&net, "c1 pings c2 through encrypted weft")?;
     let routers: Vec<u32> = ["h1", "h2"]
         .iter()
         .map(|h| net.pid(h).with_context(|| format!("no weft pid on {h}")))

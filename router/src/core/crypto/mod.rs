@@ -34,3 +34,19 @@ pub use handshake::{
 pub use kdf::{KdfError, KdfParams, Psk, PskId};
 pub use keys::{KeyFileError, PublicKey, StaticKeypair, TrustedKeys};
 pub use replay::{ReplayError, ReplayWindow};
+
+/// A Noise configuration with `password` (cheap KDF) and a fresh key, for
+/// the core's tests.
+#[cfg(test)]
+pub(crate) fn test_config(password: &str) -> HandshakeConfig {
+    let psk = Psk::from_password_with(password, KdfParams::INSECURE_FAST)
+        .expect("the test KDF parameters are valid");
+    HandshakeConfig::Noise(
+        NoiseConfig::new(
+            std::sync::Arc::new(StaticKeypair::generate().expect("the OS has randomness")),
+            Some(std::sync::Arc::new(PskSet::new(psk, Vec::new()))),
+            None,
+        )
+        .expect("a password authenticates"),
+    )
+}

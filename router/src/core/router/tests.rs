@@ -564,19 +564,9 @@ fn udp_from_the_wrong_address_or_for_someone_else_is_ignored() {
 
 mod encryption {
     use super::*;
-    use crate::core::crypto::{KdfParams, NoiseConfig, Psk, PskSet, StaticKeypair};
-    use std::sync::Arc;
 
     fn noise(password: &str) -> HandshakeConfig {
-        let psk = Psk::from_password_with(password, KdfParams::INSECURE_FAST).unwrap();
-        HandshakeConfig::Noise(
-            NoiseConfig::new(
-                Arc::new(StaticKeypair::generate().unwrap()),
-                Some(Arc::new(PskSet::new(psk, Vec::new()))),
-                None,
-            )
-            .unwrap(),
-        )
+        crate::core::crypto::test_config(password)
     }
 
     fn encrypted(i: u64, trusted: &[&str]) -> RouterConfig {
