@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use tun_rs::{InterruptEvent, SyncDevice};
 
 use crate::core::crypto::data::{self as sealed, peek_receiver_index};
@@ -99,9 +99,14 @@ fn seal_into(session: &SharedSession, now: Instant, datagram: &[u8], buf: &mut V
     buf.clear();
     buf.resize(len + sealed::OVERHEAD, 0);
     buf[sealed::HEADER_LEN..sealed::HEADER_LEN + len].copy_from_slice(&datagram[..len]);
+    let rekeys = s.stats().send_rekeys;
     match s.seal(now, buf, len) {
         Ok(total) => {
             buf.truncate(total);
+            let st = s.stats();
+            if st.send_rekeys != rekeys {
+                info!(session = s.local_index(), epoch = st.send_epoch, "data session rekeyed");
+            }
             true
         }
         Err(_) => false,
@@ -217,6 +222,7 @@ impl DataPlane {
     /// session's index with `session`.
     pub fn install_session(&self, peer: PeerName, addr: SocketAddr, session: DataSession) {
         let index = session.local_index();
+        info!(%peer, %addr, session = index, "encrypted data session up");
         let session = Arc::new(Mutex::new(session));
         if let Ok(mut s) = self.shared.sessions.write() {
             if let Some(old) = s.by_peer.insert(peer, session.clone()) {
