@@ -105,7 +105,11 @@ fn seal_into(session: &SharedSession, now: Instant, datagram: &[u8], buf: &mut V
             buf.truncate(total);
             let st = s.stats();
             if st.send_rekeys != rekeys {
-                info!(session = s.local_index(), epoch = st.send_epoch, "data session rekeyed");
+                info!(
+                    session = s.local_index(),
+                    epoch = st.send_epoch,
+                    "data session rekeyed"
+                );
             }
             true
         }
