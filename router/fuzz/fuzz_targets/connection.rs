@@ -4,7 +4,8 @@
 //! before the fuzzed bytes, `CONN_FLAG_OUTBOUND`, `CONN_FLAG_WIDE_VERSIONS`),
 //! byte 1 the read size minus one; the rest is the stream. Besides never
 //! panicking, the events must follow the handshake: at most one
-//! `VersionAgreed` (first, within our range), then at most one `Features`,
+//! `VersionAgreed` (first, within our range, after any handshake bytes to
+//! send), then at most one `Features`,
 //! and only after that `Message`s, never features or close.
 #![no_main]
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use weft_router::core::connection::{ConnEvent, ConnState, Connection, Direction};
+use weft_router::core::crypto::HandshakeConfig;
 use weft_router::core::identity::ConnId;
 use weft_router::core::wire::addr::PeerAddr;
 use weft_router::core::wire::control::ControlMessage;
@@ -47,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         peer_socket(40000),
         Preamble::new(versions.clone()),
         local_half,
+        HandshakeConfig::Plaintext,
+        7,
     );
     let stream = Prefix::from_bits(flags).stream(PEER_UID, fuzz);
 
@@ -78,11 +82,15 @@ fuzz_target!(|data: &[u8]| {
                         ControlMessage::Features(_) | ControlMessage::Close { .. }
                     ));
                 }
+                ConnEvent::Send(bytes) => {
+                    // Only handshake bytes, only before versions agree.
+                    assert!(!agreed && !bytes.is_empty(), "handshake bytes out of order");
+                }
                 ConnEvent::Closed(_) => {}
             }
         }
         match c.state {
-            ConnState::AwaitPreamble => assert!(!agreed),
+            ConnState::AwaitPreamble | ConnState::AwaitCrypto { .. } => assert!(!agreed),
             ConnState::AwaitFeatures { .. } => assert!(agreed && !featured),
             ConnState::Established { .. } => assert!(featured),
         }
