@@ -14,9 +14,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::time::Instant;
 use weft_router::core::wire::ethernet::{ETHERTYPE_IPV4, Frame, HEADER_LEN as ETH_LEN};
 use weft_router::core::wire::ipv4::{self, MIN_MTU, Packet};
-use std::time::Instant;
 
 use weft_router::core::reassembly::Reassembler;
 use weft_router::core::wire::udp::{
@@ -56,7 +56,9 @@ fuzz_target!(|data: &[u8]| {
             if let Ok((seg, piece)) = SegmentHeader::parse(body) {
                 assert!(seg.offset as usize + piece.len() <= seg.total as usize);
                 let mut r = Reassembler::new();
-                let whole = r.push(Instant::now(), h.src, seg, piece).map(<[u8]>::to_vec);
+                let whole = r
+                    .push(Instant::now(), h.src, seg, piece)
+                    .map(<[u8]>::to_vec);
                 assert_eq!(
                     whole.is_some(),
                     seg.offset == 0 && piece.len() == seg.total as usize

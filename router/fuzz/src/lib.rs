@@ -19,12 +19,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use weft_router::core::conn_maker::ConnHandle;
+use weft_router::core::crypto::handshake::{HELLO_LEN, PLAINTEXT_HELLO};
 use weft_router::core::gossip::{GossipStats, Gossiper, TOPOLOGY_CHANNEL};
 use weft_router::core::identity::{Identity, PeerName, PeerUid};
 use weft_router::core::wire::addr::{PeerAddr, WireAddr};
 use weft_router::core::wire::control::{ControlMessage, Features};
 use weft_router::core::wire::framing::{FrameDecoder, encode_frame};
-use weft_router::core::crypto::handshake::{HELLO_LEN, PLAINTEXT_HELLO};
 use weft_router::core::wire::preamble::{PREAMBLE_LEN, PROTOCOL_MAX, PROTOCOL_MIN, Preamble};
 use weft_router::core::wire::topology::{
     ConnEntry, FLAG_ESTABLISHED, FLAG_OUTBOUND, PeerEntry, TopologyUpdate,
@@ -842,9 +842,14 @@ pub fn seeds() -> Vec<Seed> {
         ..header
     };
     let mut pieces = Vec::new();
-    assert!(udp::segment(segment, 1, &blob, 2048, &mut Vec::new(), |d| {
-        pieces.push(d.to_vec())
-    }));
+    assert!(udp::segment(
+        segment,
+        1,
+        &blob,
+        2048,
+        &mut Vec::new(),
+        |d| { pieces.push(d.to_vec()) }
+    ));
     out.push(seed("udp_datagram", "segment", pieces.remove(0)));
     out.extend(crypto::seeds());
     out
