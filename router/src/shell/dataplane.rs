@@ -97,8 +97,9 @@ fn seal_into(session: &SharedSession, now: Instant, datagram: &[u8], buf: &mut V
         datagram.len()
     };
     buf.clear();
-    buf.resize(len + sealed::OVERHEAD, 0);
-    buf[sealed::HEADER_LEN..sealed::HEADER_LEN + len].copy_from_slice(&datagram[..len]);
+    buf.extend_from_slice(&[0; sealed::HEADER_LEN]);
+    buf.extend_from_slice(&datagram[..len]);
+    buf.extend_from_slice(&[0; sealed::TAG_LEN]);
     let rekeys = s.stats().send_rekeys;
     match s.seal(now, buf, len) {
         Ok(total) => {
@@ -701,12 +702,11 @@ fn udp_loop(shared: &Shared) {
             batch: &mut send,
             report: &mut report,
         };
+        // Byte counts of this batch, published once after it.
+        let (mut received, mut relayed) = (0u64, 0u64);
         for (addr, raw) in batch.iter_mut() {
             let Some(addr) = addr else { continue };
-            shared
-                .counters
-                .bytes_received
-                .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            received += raw.len() as u64;
             // Open sealed datagrams in place; `sender` is the neighbour the
             // session authenticates, whatever the source address says.
             let (datagram, sender) = match raw.first() {
@@ -776,10 +776,7 @@ fn udp_loop(shared: &Shared) {
                 let Some(path) = neighbours.by_name.get(&hop) else {
                     continue;
                 };
-                shared
-                    .counters
-                    .bytes_relayed
-                    .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+                relayed += datagram.len() as u64;
                 let limit = out.limit(&[hop]);
                 if datagram.len() <= limit {
                     out.send_to(hop, path.addr, datagram);
@@ -799,6 +796,8 @@ fn udp_loop(shared: &Shared) {
         send.flush(&shared.udp, &mut report);
         record(shared, &mut report);
         let c = &shared.counters;
+        c.bytes_received.fetch_add(received, Ordering::Relaxed);
+        c.bytes_relayed.fetch_add(relayed, Ordering::Relaxed);
         c.large_frames_delivered
             .store(reassembler.stats.completed, Ordering::Relaxed);
         c.reassembly_abandoned
