@@ -1,5 +1,5 @@
 //! Helpers and seeds for the crypto targets (`handshake`, `data_open`,
-//! `channel_open`, `key_files`).
+//! `data_fragments`, `channel_open`, `key_files`).
 //!
 //! Keys are fixed so seeds are reproducible; Noise ephemeral keys are not
 //! (snow draws them from the OS), so the handshake target drives a real
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use weft_router::core::crypto::data::{HEADER_LEN, OVERHEAD};
+use weft_router::core::crypto::fragments::{Defragmenter, Fragment, fragments};
 use weft_router::core::crypto::{
     DataKeys, DataLimits, DataSession, Handshake, HandshakeConfig, HandshakeOutcome,
     HandshakeProgress, NoiseConfig, Psk, PskSet, Role, SecureChannel, StaticKeypair, TrustedKeys,
@@ -67,6 +68,43 @@ pub fn fuzz_limits() -> DataLimits {
         rekey_after_packets: 3,
         ..DataLimits::default()
     }
+}
+
+/// Seals `plaintext` as one message and cuts it into fragment datagrams of
+/// at most `max_datagram` bytes, as a router sending a large frame does.
+pub fn seal_fragments(
+    session: &mut DataSession,
+    now: Instant,
+    plaintext: &[u8],
+    max_datagram: usize,
+) -> Vec<Vec<u8>> {
+    let mut message = plaintext.to_vec();
+    let Ok(prefix) = session.seal_message(now, &mut message) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    fragments(&prefix, &message, max_datagram, |h, b| {
+        out.push([&h[..], b].concat())
+    });
+    out
+}
+
+/// Receives one datagram as the UDP thread does: parse, only the local
+/// session's index gets reassembly state, open once whole. Returns the
+/// plaintext of a message that opened.
+pub fn receive_fragment(
+    defragmenter: &mut Defragmenter,
+    local: &mut DataSession,
+    now: Instant,
+    datagram: &[u8],
+) -> Option<Vec<u8>> {
+    let f = Fragment::parse(datagram).ok()?;
+    if f.prefix.index != LOCAL_INDEX {
+        return None;
+    }
+    let message = defragmenter.push(now, &f)?;
+    let len = local.open_message(now, &f.prefix, message).ok()?;
+    Some(message[..len].to_vec())
 }
 
 /// Seals `plaintext` as `session` would send it.
@@ -160,6 +198,23 @@ pub fn seeds() -> Vec<Seed> {
         "ops",
         vec![
             1, 4, 1, 2, 3, 4, 2, 1, 8, 5, 6, 7, 8, 9, 10, 11, 12, 3, 4, 30, 2, 1, 1, 0,
+        ],
+    ));
+
+    // data_fragments: ops, see the target.
+    let (_, mut peer) = data_sessions(now, fuzz_limits());
+    out.push(seed("data_fragments", "fragment", {
+        let mut v = vec![0];
+        let d = &seal_fragments(&mut peer, now, &[0x5a; 300], 100)[0];
+        v.push(d.len() as u8);
+        v.extend(d);
+        v
+    }));
+    out.push(seed(
+        "data_fragments",
+        "ops",
+        vec![
+            1, 40, 20, 2, 4, 1, 30, 1, 7, 3, 9, 5, 2, 1, 200, 3, 4, 0, 0, 1,
         ],
     ));
 

@@ -15,11 +15,14 @@
 //!   handshake.
 //! - [`data`] and [`replay`]: per-connection UDP sessions with their own
 //!   keys, a sliding replay window and sender-driven rekeying.
+//! - [`fragments`]: datagrams too large for the path sealed once as a
+//!   message and carried in fragments, and their reassembly.
 //!
 //! Nothing here reads the clock or touches a socket; time is an argument.
 
 pub mod channel;
 pub mod data;
+pub mod fragments;
 pub mod handshake;
 pub mod kdf;
 pub mod keys;
