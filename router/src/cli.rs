@@ -304,8 +304,8 @@ pub struct LaunchArgs {
     /// connections stay encrypted.
     #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
     pub trusted_subnets: Vec<String>,
-    /// Rekey data sessions after this many datagrams (default 2^30; they
-    /// also rekey every 2 minutes). For tests.
+    /// Rekey data sessions after this many datagrams or sealed messages
+    /// (default 2^30; they also rekey every 2 minutes). For tests.
     #[arg(long, hide = true, value_name = "N")]
     pub rekey_after_packets: Option<u64>,
     /// Run in this process, logging to stderr, instead of in the background.

@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use tun_rs::{InterruptEvent, SyncDevice};
 
 use crate::core::crypto::data::{self as sealed, peek_receiver_index};
+use crate::core::crypto::fragments::{self, Defragmenter, FRAGMENT_MAGIC, Fragment};
 use crate::core::crypto::{DataError, DataSession};
 use crate::core::forward::{
     Batcher, Destination, DropReason, ENCAP_OVERHEAD, Forwarder, Sink, TapVerdict, resplit,
@@ -49,7 +50,8 @@ use crate::core::reassembly::Reassembler;
 use crate::core::router::{DataView, NeighbourPath};
 use crate::core::status::DataPlaneStatus;
 use crate::core::wire::udp::{
-    self, DEFAULT_HOP_LIMIT, FramesIter, HEADER_LEN, Header, Kind, MAGIC, MAX_BLOB, SegmentHeader,
+    self, DEFAULT_HOP_LIMIT, FramesIter, HEADER_LEN, Header, Kind, MAGIC, MAX_BLOB, MIN_BLOB,
+    SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::core::wire::vnet::{self, VnetHeader};
 use crate::shell::udp_io::{self, RecvBatch, SendBatch, SendReport};
@@ -359,12 +361,19 @@ struct Out<'a> {
     now: Instant,
     batch: &'a mut SendBatch,
     report: &'a mut SendReport,
+    /// Where a message to an encrypted neighbour is built and sealed.
+    message: &'a mut Vec<u8>,
 }
 
 impl Out<'_> {
-    /// Queues `datagram` for neighbour `hop`, sealed if we share a session.
+    /// Queues `datagram` for neighbour `hop`, sealed if we share a session:
+    /// on its own if it fits the path, else as a sealed message in
+    /// fragments. Without a session it must fit the path.
     fn send_to(&mut self, hop: PeerName, addr: SocketAddr, datagram: &[u8]) {
         match self.sessions.by_peer.get(&hop) {
+            Some(s) if datagram.len() + sealed::OVERHEAD > self.path_limit(hop) => {
+                self.send_message(s, addr, hop, &[datagram]);
+            }
             Some(s) => {
                 let now = self.now;
                 self.batch
@@ -378,6 +387,57 @@ impl Out<'_> {
         }
     }
 
+    /// Seals the concatenation of `parts` as one message to an encrypted
+    /// neighbour and queues its fragments, each as large as the path takes.
+    fn send_message(
+        &mut self,
+        session: &SharedSession,
+        addr: SocketAddr,
+        hop: PeerName,
+        parts: &[&[u8]],
+    ) -> bool {
+        let max_datagram = self.path_limit(hop);
+        let Out {
+            shared,
+            now,
+            batch,
+            report,
+            message,
+            ..
+        } = self;
+        message.clear();
+        for p in parts {
+            message.extend_from_slice(p);
+        }
+        let sealed = match session.lock() {
+            Ok(mut s) => s.seal_message(*now, message),
+            Err(_) => return false,
+        };
+        let Ok(prefix) = sealed else {
+            report.too_big += 1;
+            return false;
+        };
+        let fits = fragments::fragments(&prefix, message, max_datagram, |header, body| {
+            batch.push_with(&shared.udp, addr, report, |buf| {
+                buf.extend_from_slice(header);
+                buf.extend_from_slice(body);
+                true
+            });
+        });
+        if !fits {
+            report.too_big += 1;
+        }
+        fits
+    }
+
+    /// The largest UDP payload the path to `hop` carries; 0 if unknown.
+    fn path_limit(&self, hop: PeerName) -> usize {
+        self.neighbours
+            .by_name
+            .get(&hop)
+            .map_or(0, |n| n.payload_limit)
+    }
+
     /// Whether every one of `hops` has a verified path MTU.
     fn verified(&self, hops: &[PeerName]) -> bool {
         hops.iter()
@@ -389,11 +449,7 @@ impl Out<'_> {
     fn limit(&self, hops: &[PeerName]) -> usize {
         hops.iter()
             .map(|h| {
-                let raw = self
-                    .neighbours
-                    .by_name
-                    .get(h)
-                    .map_or(0, |n| n.payload_limit);
+                let raw = self.path_limit(*h);
                 if self.sessions.by_peer.contains_key(h) {
                     raw.saturating_sub(sealed::OVERHEAD)
                 } else {
@@ -487,6 +543,7 @@ fn tap_loop(shared: &Shared) {
     let mut report = SendReport::default();
     let mut hops: Vec<PeerName> = Vec::new();
     let mut scratch: Vec<u8> = Vec::with_capacity(2048);
+    let mut message: Vec<u8> = Vec::with_capacity(fragments::MAX_MESSAGE);
     let mut frame_id: u32 = 0;
     let mut last_sweep = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -541,6 +598,7 @@ fn tap_loop(shared: &Shared) {
             now,
             batch: &mut send,
             report: &mut report,
+            message: &mut message,
         };
         for i in 0..n {
             let blob = &mut bufs[i][..lens[i]];
@@ -586,7 +644,6 @@ fn tap_loop(shared: &Shared) {
                 &hops,
                 &mut out,
                 dst,
-                limit,
                 frame_id,
                 blob,
                 &mut scratch,
@@ -632,8 +689,9 @@ fn route(
     Some((dst, out.limit(hops)))
 }
 
-/// Sends a frame blob (virtio-net header and frame) whole, as segment
-/// datagrams no larger than `limit`.
+/// Sends a frame blob (virtio-net header and frame) whole: to an encrypted
+/// neighbour as one segment datagram sealed as a message, to others as
+/// segment datagrams that fit the path.
 #[allow(clippy::too_many_arguments)]
 fn send_whole(
     local: PeerName,
@@ -641,7 +699,6 @@ fn send_whole(
     hops: &[PeerName],
     out: &mut Out<'_>,
     dst: Option<PeerName>,
-    limit: usize,
     frame_id: u32,
     blob: &[u8],
     scratch: &mut Vec<u8>,
@@ -652,9 +709,32 @@ fn send_whole(
         src: local,
         dst,
     };
-    let sent = udp::segment(header, frame_id, blob, limit, scratch, |d| {
-        out.datagram(hops, d);
-    });
+    let mut sent = false;
+    let mut plain: Vec<PeerName> = Vec::new();
+    if (MIN_BLOB..=MAX_BLOB).contains(&blob.len()) {
+        let mut whole = [0u8; HEADER_LEN + SEGMENT_HEADER_LEN];
+        whole[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        SegmentHeader {
+            frame_id,
+            total: blob.len() as u32,
+            offset: 0,
+        }
+        .emit(&mut whole[HEADER_LEN..]);
+        for &hop in hops {
+            let path = out.neighbours.by_name.get(&hop).map(|n| n.addr);
+            match (out.sessions.by_peer.get(&hop), path) {
+                (Some(s), Some(addr)) => sent |= out.send_message(s, addr, hop, &[&whole, blob]),
+                (Some(_), None) => {}
+                (None, _) => plain.push(hop),
+            }
+        }
+    }
+    if !plain.is_empty() {
+        let limit = out.limit(&plain);
+        sent |= udp::segment(header, frame_id, blob, limit, scratch, |d| {
+            out.datagram(&plain, d);
+        });
+    }
     if sent {
         fwd.stats.frames_sent += 1;
         fwd.stats.large_frames_sent += 1;
@@ -669,6 +749,8 @@ fn udp_loop(shared: &Shared) {
     let mut report = SendReport::default();
     let mut hops: Vec<PeerName> = Vec::new();
     let mut reassembler = Reassembler::new();
+    let mut defragmenter = Defragmenter::new();
+    let mut message: Vec<u8> = Vec::with_capacity(fragments::MAX_MESSAGE);
     let mut last_sweep = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match udp_io::recv_batch(&shared.udp, &mut batch) {
@@ -682,6 +764,7 @@ fn udp_loop(shared: &Shared) {
         let now = Instant::now();
         if now.duration_since(last_sweep) >= MAC_SWEEP {
             reassembler.expire(now);
+            defragmenter.expire(now);
             last_sweep = now;
         }
         if n == 0 {
@@ -701,6 +784,7 @@ fn udp_loop(shared: &Shared) {
             now,
             batch: &mut send,
             report: &mut report,
+            message: &mut message,
         };
         // Byte counts of this batch, published once after it.
         let (mut received, mut relayed) = (0u64, 0u64);
@@ -717,6 +801,12 @@ fn udp_loop(shared: &Shared) {
                     ),
                     None => continue,
                 },
+                Some(&FRAGMENT_MAGIC) => {
+                    match open_fragment(shared, &sessions, &mut defragmenter, now, raw) {
+                        Some((plain, peer)) => (plain, Some(peer)),
+                        None => continue,
+                    }
+                }
                 Some(&MAGIC) => {
                     if sessions.by_addr.contains_key(&addr) {
                         shared
@@ -778,7 +868,7 @@ fn udp_loop(shared: &Shared) {
                 };
                 relayed += datagram.len() as u64;
                 let limit = out.limit(&[hop]);
-                if datagram.len() <= limit {
+                if datagram.len() <= limit || sessions.by_peer.contains_key(&hop) {
                     out.send_to(hop, path.addr, datagram);
                 } else {
                     let mut parts = Vec::new();
@@ -800,8 +890,10 @@ fn udp_loop(shared: &Shared) {
         c.bytes_relayed.fetch_add(relayed, Ordering::Relaxed);
         c.large_frames_delivered
             .store(reassembler.stats.completed, Ordering::Relaxed);
-        c.reassembly_abandoned
-            .store(reassembler.stats.abandoned, Ordering::Relaxed);
+        c.reassembly_abandoned.store(
+            reassembler.stats.abandoned + defragmenter.stats.abandoned,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -826,6 +918,43 @@ fn open(
     let mut s = session.lock().ok()?;
     match s.open(now, datagram) {
         Ok(plain) => Some((plain.len(), *peer)),
+        Err(e) => {
+            shared.counters.crypto_drop(e);
+            None
+        }
+    }
+}
+
+/// Adds a fragment of a sealed message from the session its receiver
+/// index names; once the message is whole, opens it in place and returns
+/// the plaintext datagram and the neighbour it came from. Failures are
+/// counted by reason.
+fn open_fragment<'d>(
+    shared: &Shared,
+    sessions: &Sessions,
+    defragmenter: &'d mut Defragmenter,
+    now: Instant,
+    datagram: &[u8],
+) -> Option<(&'d mut [u8], PeerName)> {
+    let fragment = match Fragment::parse(datagram) {
+        Ok(f) => f,
+        Err(e) => {
+            shared.counters.crypto_drop(e);
+            return None;
+        }
+    };
+    // Only a live session's index gets reassembly state.
+    let Some((peer, session)) = sessions.by_index.get(&fragment.prefix.index) else {
+        shared.counters.crypto_drop(DataError::UnknownIndex);
+        return None;
+    };
+    let message = defragmenter.push(now, &fragment)?;
+    let opened = session
+        .lock()
+        .ok()?
+        .open_message(now, &fragment.prefix, message);
+    match opened {
+        Ok(len) => Some((&mut message[..len], *peer)),
         Err(e) => {
             shared.counters.crypto_drop(e);
             None
