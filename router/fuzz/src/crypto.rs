@@ -83,8 +83,8 @@ pub fn seal_fragments(
         return Vec::new();
     };
     let mut out = Vec::new();
-    fragments(&prefix, &message, max_datagram, |h, b| {
-        out.push([&h[..], b].concat())
+    fragments(&prefix, &[&message], max_datagram, |h, b| {
+        out.push([&[&h[..]], b].concat().concat())
     });
     out
 }

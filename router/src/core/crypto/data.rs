@@ -189,6 +189,92 @@ pub struct DataStats {
     pub recv_rekeys: u64,
 }
 
+/// The nonce and key for one message, taken from a session to seal
+/// ([`DataSession::message_key`]) or open
+/// ([`DataSession::message_open_key`]) it without holding the session;
+/// the key copy is wiped when dropped.
+pub struct MessageKey {
+    prefix: MessagePrefix,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl MessageKey {
+    /// Seals `head` then `body` (encrypted in place), whose lengths must be
+    /// the ones the key was taken for.
+    pub fn seal(self, head: &[u8], body: &mut [u8]) -> Result<SealedMessage, SealError> {
+        let plaintext = head.len() + body.len();
+        if plaintext + TAG_LEN != self.prefix.len as usize || head.len() > MAX_MESSAGE_HEAD {
+            return Err(SealError::MessageSize { plaintext });
+        }
+        let mut sealed = SealedMessage {
+            prefix: self.prefix,
+            head: [0; MAX_MESSAGE_HEAD + 1],
+            head_len: head.len(),
+            tag: [0; TAG_LEN],
+        };
+        let aad = self.prefix.to_bytes();
+        large::seal(
+            &self.key,
+            self.prefix.counter,
+            &aad,
+            head,
+            &mut sealed.head,
+            body,
+            &mut sealed.tag,
+        )
+        .map_err(|_| SealError::MessageSize { plaintext })?;
+        Ok(sealed)
+    }
+}
+
+impl MessageKey {
+    /// Authenticates and decrypts a whole message (ciphertext then tag) in
+    /// place and returns the plaintext's length. On error the buffer holds
+    /// garbage, never to be released.
+    pub fn open(self, message: &mut [u8]) -> Result<usize, DataError> {
+        if message.len() != self.prefix.len as usize {
+            return Err(DataError::BadFragment);
+        }
+        let aad = self.prefix.to_bytes();
+        large::open(&self.key, self.prefix.counter, &aad, message)
+            .map_err(|()| DataError::AuthFailed)
+    }
+}
+
+impl std::fmt::Debug for MessageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageKey")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest head [`DataSession::seal_message_parts`] takes.
+pub const MAX_MESSAGE_HEAD: usize = 32;
+
+/// What sealing a message in parts yields besides the body encrypted in
+/// place: the prefix, the encrypted head and the tag.
+pub struct SealedMessage {
+    pub prefix: MessagePrefix,
+    /// One byte more than the longest head: OpenSSL asks for a block of
+    /// slack when it encrypts out of place.
+    head: [u8; MAX_MESSAGE_HEAD + 1],
+    head_len: usize,
+    tag: [u8; TAG_LEN],
+}
+
+impl SealedMessage {
+    /// The encrypted head, first on the wire.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.head_len]
+    }
+
+    /// The tag, last on the wire.
+    pub fn tag(&self) -> &[u8] {
+        &self.tag
+    }
+}
+
 /// Returns the receiver index of an encrypted datagram, so the I/O layer
 /// can find its session, or `None` if it cannot be one.
 pub fn peek_receiver_index(datagram: &[u8]) -> Option<u32> {
@@ -240,6 +326,7 @@ struct RecvEpoch {
 }
 
 /// Which key an incoming datagram's epoch selects.
+#[derive(Clone, Copy)]
 enum Slot {
     Current,
     Previous,
@@ -363,43 +450,104 @@ impl DataSession {
         now: Instant,
         message: &mut Vec<u8>,
     ) -> Result<MessagePrefix, SealError> {
-        let plaintext = message.len();
-        if plaintext == 0 || plaintext > MAX_MESSAGE_PLAINTEXT {
+        let sealed = self.seal_message_parts(now, &[], message)?;
+        message.extend_from_slice(sealed.tag());
+        Ok(sealed.prefix)
+    }
+
+    /// Seals the message `head` then `body` without copying the body: the
+    /// body is encrypted in place, the short head (at most
+    /// [`MAX_MESSAGE_HEAD`] bytes: a datagram header in front of a frame
+    /// that stays in its read buffer) into the returned value, with the
+    /// tag. The message on the wire is encrypted head, body, tag.
+    pub fn seal_message_parts(
+        &mut self,
+        now: Instant,
+        head: &[u8],
+        body: &mut [u8],
+    ) -> Result<SealedMessage, SealError> {
+        self.message_key(now, head.len(), body.len())?
+            .seal(head, body)
+    }
+
+    /// Takes the nonce and a copy of the key for one message of
+    /// `head_len + body_len` plaintext bytes, so that the caller can
+    /// encrypt it ([`MessageKey::seal`]) without holding the session: the
+    /// thread opening datagrams from the same neighbour is not kept
+    /// waiting for 64 KB of encryption.
+    pub fn message_key(
+        &mut self,
+        now: Instant,
+        head_len: usize,
+        body_len: usize,
+    ) -> Result<MessageKey, SealError> {
+        let plaintext = head_len + body_len;
+        if plaintext == 0 || plaintext > MAX_MESSAGE_PLAINTEXT || head_len > MAX_MESSAGE_HEAD {
             return Err(SealError::MessageSize { plaintext });
         }
         let (epoch, counter) = self.next_nonce(now);
-        let prefix = MessagePrefix {
-            epoch,
-            index: self.remote_index,
-            counter,
-            len: (plaintext + TAG_LEN) as u32,
-        };
-        let aad = prefix.to_bytes();
-        large::seal(&self.send.key.raw, counter, &aad, message)
-            .map_err(|_| SealError::MessageSize { plaintext })?;
-        Ok(prefix)
+        Ok(MessageKey {
+            prefix: MessagePrefix {
+                epoch,
+                index: self.remote_index,
+                counter,
+                len: (plaintext + TAG_LEN) as u32,
+            },
+            key: Zeroizing::new(*self.send.key.raw),
+        })
     }
 
     /// Authenticates and decrypts a reassembled message in place (the
     /// ciphertext and tag that `prefix` describes) and returns the
     /// plaintext's length; it starts at `message[0]`. Replay checks and
-    /// epochs work as in [`open`](Self::open).
+    /// epochs work as in [`open`](Self::open). The three steps are public
+    /// so that a caller can decrypt without holding the session.
     pub fn open_message(
         &mut self,
         now: Instant,
         prefix: &MessagePrefix,
         message: &mut [u8],
     ) -> Result<usize, DataError> {
+        let len = self
+            .message_open_key(now, prefix, message.len())?
+            .open(message)?;
+        self.accept_message(now, prefix)?;
+        Ok(len)
+    }
+
+    /// Checks a reassembled message of `len` bytes against `prefix` and
+    /// the session (index, epoch, replay window, without moving it) and
+    /// takes a copy of its key for [`MessageKey::open`].
+    pub fn message_open_key(
+        &mut self,
+        now: Instant,
+        prefix: &MessagePrefix,
+        len: usize,
+    ) -> Result<MessageKey, DataError> {
         if prefix.index != self.local_index {
             return Err(DataError::UnknownIndex);
         }
-        if message.len() != prefix.len as usize || message.len() <= TAG_LEN {
+        if len != prefix.len as usize || len <= TAG_LEN {
             return Err(DataError::BadFragment);
         }
-        let aad = prefix.to_bytes();
-        self.open_with(now, prefix.epoch, prefix.counter, |key| {
-            large::open(&key.raw, prefix.counter, &aad, message)
+        let (_, key) = self.select(now, prefix.epoch, prefix.counter)?;
+        Ok(MessageKey {
+            prefix: *prefix,
+            key: Zeroizing::new(*key.raw),
         })
+    }
+
+    /// Records a message that [`MessageKey::open`] authenticated: checks
+    /// the replay window again (a copy may have been accepted meanwhile),
+    /// then moves it and, for a newer epoch, switches keys.
+    pub fn accept_message(
+        &mut self,
+        now: Instant,
+        prefix: &MessagePrefix,
+    ) -> Result<(), DataError> {
+        let (slot, _) = self.select(now, prefix.epoch, prefix.counter)?;
+        self.accept(now, slot, prefix.epoch, prefix.counter);
+        Ok(())
     }
 
     /// Authenticates and decrypts `datagram` in place and returns the inner
@@ -443,6 +591,20 @@ impl DataSession {
         counter: u64,
         decrypt: impl FnOnce(&EpochKey) -> Result<usize, ()>,
     ) -> Result<usize, DataError> {
+        let (slot, key) = self.select(now, epoch, counter)?;
+        let plaintext = decrypt(key).map_err(|()| DataError::AuthFailed)?;
+        self.accept(now, slot, epoch, counter);
+        Ok(plaintext)
+    }
+
+    /// The key `epoch` selects, once the replay window of that epoch says
+    /// `counter` is new; keys of epochs ahead are derived on demand.
+    fn select(
+        &mut self,
+        now: Instant,
+        epoch: u8,
+        counter: u64,
+    ) -> Result<(Slot, &EpochKey), DataError> {
         self.expire_previous(now);
         let r = &mut self.recv;
         let slot = match epoch.wrapping_sub(r.epoch) {
@@ -469,8 +631,13 @@ impl DataSession {
                 &r.ahead[i]
             }
         };
-        let plaintext = decrypt(key).map_err(|()| DataError::AuthFailed)?;
+        Ok((slot, key))
+    }
 
+    /// Records an authenticated `counter` under `epoch` in `slot`, switching
+    /// to a newer epoch's key.
+    fn accept(&mut self, now: Instant, slot: Slot, epoch: u8, counter: u64) {
+        let r = &mut self.recv;
         match slot {
             Slot::Current => r.current.window.accept(counter),
             Slot::Previous => {
@@ -493,7 +660,6 @@ impl DataSession {
                 }
             }
         }
-        Ok(plaintext)
     }
 
     /// Drops the previous receive epoch once its overlap is over.
@@ -537,10 +703,19 @@ mod large {
         n
     }
 
-    /// Encrypts `buf` in place and appends the tag. OpenSSL fails only
-    /// when it cannot allocate a context.
-    pub fn seal(key: &[u8; 32], counter: u64, aad: &[u8], buf: &mut Vec<u8>) -> Result<(), ()> {
-        let len = buf.len();
+    /// Encrypts `head` into `head_out` (which has a byte of slack) and
+    /// `body` in place, and writes the tag. OpenSSL fails only when it
+    /// cannot allocate a context.
+    pub fn seal(
+        key: &[u8; 32],
+        counter: u64,
+        aad: &[u8],
+        head: &[u8],
+        head_out: &mut [u8],
+        body: &mut [u8],
+        tag: &mut [u8; TAG_LEN],
+    ) -> Result<(), ()> {
+        let len = body.len();
         let mut ctx = CipherCtx::new().map_err(drop)?;
         ctx.encrypt_init(
             Some(Cipher::chacha20_poly1305()),
@@ -549,11 +724,13 @@ mod large {
         )
         .map_err(drop)?;
         ctx.cipher_update(aad, None).map_err(drop)?;
-        ctx.cipher_update_inplace(buf, len).map_err(drop)?;
+        if !head.is_empty() {
+            let out = head_out.get_mut(..head.len() + 1).ok_or(())?;
+            ctx.cipher_update(head, Some(out)).map_err(drop)?;
+        }
+        ctx.cipher_update_inplace(body, len).map_err(drop)?;
         ctx.cipher_final(&mut []).map_err(drop)?;
-        let mut tag = [0u8; TAG_LEN];
-        ctx.tag(&mut tag).map_err(drop)?;
-        buf.extend_from_slice(&tag);
+        ctx.tag(tag).map_err(drop)?;
         Ok(())
     }
 
