@@ -353,6 +353,13 @@ fn forget(s: &mut Sessions, old: &SharedSession) {
     }
 }
 
+/// The body of a message to seal: one that may be encrypted where it lies,
+/// or one to copy first (it is still needed, or it is not ours to change).
+enum Body<'b> {
+    Overwrite(&'b mut [u8]),
+    Copy(&'b [u8]),
+}
+
 /// Collects a batch's datagrams and ICMP replies, then sends them.
 struct Out<'a> {
     shared: &'a Shared,
@@ -372,7 +379,7 @@ impl Out<'_> {
     fn send_to(&mut self, hop: PeerName, addr: SocketAddr, datagram: &[u8]) {
         match self.sessions.by_peer.get(&hop) {
             Some(s) if datagram.len() + sealed::OVERHEAD > self.path_limit(hop) => {
-                self.send_message(s, addr, hop, &[datagram]);
+                self.send_message(s, addr, hop, &[], Body::Copy(datagram));
             }
             Some(s) => {
                 let now = self.now;
@@ -387,14 +394,16 @@ impl Out<'_> {
         }
     }
 
-    /// Seals the concatenation of `parts` as one message to an encrypted
-    /// neighbour and queues its fragments, each as large as the path takes.
+    /// Seals `head` then `body` as one message to an encrypted neighbour
+    /// and queues its fragments, each as large as the path takes. The body
+    /// is encrypted where it lies if it may be overwritten, else in a copy.
     fn send_message(
         &mut self,
         session: &SharedSession,
         addr: SocketAddr,
         hop: PeerName,
-        parts: &[&[u8]],
+        head: &[u8],
+        body: Body<'_>,
     ) -> bool {
         let max_datagram = self.path_limit(hop);
         let Out {
@@ -405,22 +414,31 @@ impl Out<'_> {
             message,
             ..
         } = self;
-        message.clear();
-        for p in parts {
-            message.extend_from_slice(p);
-        }
-        let sealed = match session.lock() {
-            Ok(mut s) => s.seal_message(*now, message),
+        let body: &mut [u8] = match body {
+            Body::Overwrite(b) => b,
+            Body::Copy(b) => {
+                message.clear();
+                message.extend_from_slice(b);
+                message
+            }
+        };
+        // Only the nonce is taken under the session's lock.
+        let key = match session.lock() {
+            Ok(mut s) => s.message_key(*now, head.len(), body.len()),
             Err(_) => return false,
         };
-        let Ok(prefix) = sealed else {
+        let sealed = key.and_then(|k| k.seal(head, body));
+        let Ok(sealed) = sealed else {
             report.too_big += 1;
             return false;
         };
-        let fits = fragments::fragments(&prefix, message, max_datagram, |header, body| {
+        let parts = [sealed.head(), &body[..], sealed.tag()];
+        let fits = fragments::fragments(&sealed.prefix, &parts, max_datagram, |header, pieces| {
             batch.push_with(&shared.udp, addr, report, |buf| {
                 buf.extend_from_slice(header);
-                buf.extend_from_slice(body);
+                for p in pieces {
+                    buf.extend_from_slice(p);
+                }
                 true
             });
         });
@@ -638,9 +656,11 @@ fn tap_loop(shared: &Shared) {
             // stream's segments stay in order.
             batcher.flush(&mut out);
             frame_id = frame_id.wrapping_add(1);
-            send_whole(
+            // Cutting or sealing 64 KB takes a while: the UDP thread may
+            // have the forwarder meanwhile.
+            drop(fwd);
+            let sent = send_whole(
                 shared.local,
-                &mut fwd,
                 &hops,
                 &mut out,
                 dst,
@@ -648,6 +668,16 @@ fn tap_loop(shared: &Shared) {
                 blob,
                 &mut scratch,
             );
+            fwd = match shared.fwd.lock() {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+            if sent {
+                fwd.stats.frames_sent += 1;
+                fwd.stats.large_frames_sent += 1;
+            } else if !hops.is_empty() {
+                fwd.stats.drop(DropReason::TooBig);
+            }
         }
         batcher.flush(&mut out);
         if now.duration_since(last_sweep) >= MAC_SWEEP {
@@ -691,18 +721,16 @@ fn route(
 
 /// Sends a frame blob (virtio-net header and frame) whole: to an encrypted
 /// neighbour as one segment datagram sealed as a message, to others as
-/// segment datagrams that fit the path.
-#[allow(clippy::too_many_arguments)]
+/// segment datagrams that fit the path. False if it went nowhere.
 fn send_whole(
     local: PeerName,
-    fwd: &mut Forwarder,
     hops: &[PeerName],
     out: &mut Out<'_>,
     dst: Option<PeerName>,
     frame_id: u32,
-    blob: &[u8],
+    blob: &mut [u8],
     scratch: &mut Vec<u8>,
-) {
+) -> bool {
     let header = Header {
         kind: Kind::Segment,
         hop_limit: DEFAULT_HOP_LIMIT,
@@ -720,10 +748,20 @@ fn send_whole(
             offset: 0,
         }
         .emit(&mut whole[HEADER_LEN..]);
+        // The common case, one encrypted next hop, seals the frame where
+        // the TAP read put it: nothing else needs it afterwards.
+        let only_hop = hops.len() == 1;
         for &hop in hops {
             let path = out.neighbours.by_name.get(&hop).map(|n| n.addr);
             match (out.sessions.by_peer.get(&hop), path) {
-                (Some(s), Some(addr)) => sent |= out.send_message(s, addr, hop, &[&whole, blob]),
+                (Some(s), Some(addr)) => {
+                    let body = if only_hop {
+                        Body::Overwrite(&mut *blob)
+                    } else {
+                        Body::Copy(blob)
+                    };
+                    sent |= out.send_message(s, addr, hop, &whole, body);
+                }
                 (Some(_), None) => {}
                 (None, _) => plain.push(hop),
             }
@@ -735,12 +773,7 @@ fn send_whole(
             out.datagram(&plain, d);
         });
     }
-    if sent {
-        fwd.stats.frames_sent += 1;
-        fwd.stats.large_frames_sent += 1;
-    } else if !hops.is_empty() {
-        fwd.stats.drop(DropReason::TooBig);
-    }
+    sent
 }
 
 fn udp_loop(shared: &Shared) {
@@ -949,10 +982,21 @@ fn open_fragment<'d>(
         return None;
     };
     let message = defragmenter.push(now, &fragment)?;
-    let opened = session
+    let prefix = fragment.prefix;
+    // The session is held for the checks, not for decrypting 64 KB: the
+    // TAP thread seals to the same neighbour meanwhile.
+    let key = session
         .lock()
         .ok()?
-        .open_message(now, &fragment.prefix, message);
+        .message_open_key(now, &prefix, message.len());
+    let opened = match key.and_then(|k| k.open(message)) {
+        Ok(len) => session
+            .lock()
+            .ok()?
+            .accept_message(now, &prefix)
+            .map(|()| len),
+        Err(e) => Err(e),
+    };
     match opened {
         Ok(len) => Some((&mut message[..len], *peer)),
         Err(e) => {
