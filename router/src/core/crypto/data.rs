@@ -57,8 +57,9 @@ pub const MAX_EPOCH_SKIP: u8 = 4;
 
 const REKEY_LABEL: &[u8] = b"weft data rekey v1";
 
-/// Header field offsets.
-mod field {
+/// Header field offsets; sealed-message fragments share the first 16
+/// bytes' layout (`fragments.rs`).
+pub(super) mod field {
     use std::ops::Range;
     pub const MAGIC: usize = 0;
     pub const EPOCH: usize = 1;
@@ -703,6 +704,21 @@ mod large {
         n
     }
 
+    /// A context keyed to encrypt or decrypt one message, its additional
+    /// data already fed.
+    fn keyed(encrypt: bool, key: &[u8; 32], counter: u64, aad: &[u8]) -> Result<CipherCtx, ()> {
+        let mut ctx = CipherCtx::new().map_err(drop)?;
+        let (cipher, nonce) = (Some(Cipher::chacha20_poly1305()), nonce(counter));
+        if encrypt {
+            ctx.encrypt_init(cipher, Some(key), Some(&nonce))
+        } else {
+            ctx.decrypt_init(cipher, Some(key), Some(&nonce))
+        }
+        .map_err(drop)?;
+        ctx.cipher_update(aad, None).map_err(drop)?;
+        Ok(ctx)
+    }
+
     /// Encrypts `head` into `head_out` (which has a byte of slack) and
     /// `body` in place, and writes the tag. OpenSSL fails only when it
     /// cannot allocate a context.
@@ -716,14 +732,7 @@ mod large {
         tag: &mut [u8; TAG_LEN],
     ) -> Result<(), ()> {
         let len = body.len();
-        let mut ctx = CipherCtx::new().map_err(drop)?;
-        ctx.encrypt_init(
-            Some(Cipher::chacha20_poly1305()),
-            Some(key),
-            Some(&nonce(counter)),
-        )
-        .map_err(drop)?;
-        ctx.cipher_update(aad, None).map_err(drop)?;
+        let mut ctx = keyed(true, key, counter, aad)?;
         if !head.is_empty() {
             let out = head_out.get_mut(..head.len() + 1).ok_or(())?;
             ctx.cipher_update(head, Some(out)).map_err(drop)?;
@@ -740,14 +749,7 @@ mod large {
     pub fn open(key: &[u8; 32], counter: u64, aad: &[u8], body: &mut [u8]) -> Result<usize, ()> {
         let len = body.len().checked_sub(TAG_LEN).ok_or(())?;
         let (ciphertext, tag) = body.split_at_mut(len);
-        let mut ctx = CipherCtx::new().map_err(drop)?;
-        ctx.decrypt_init(
-            Some(Cipher::chacha20_poly1305()),
-            Some(key),
-            Some(&nonce(counter)),
-        )
-        .map_err(drop)?;
-        ctx.cipher_update(aad, None).map_err(drop)?;
+        let mut ctx = keyed(false, key, counter, aad)?;
         ctx.cipher_update_inplace(ciphertext, len).map_err(drop)?;
         ctx.set_tag(tag).map_err(drop)?;
         ctx.cipher_final(&mut []).map_err(drop)?;

@@ -59,14 +59,11 @@ pub const SLOTS_PER_INDEX: usize = 4;
 /// A message whose fragments stop arriving is abandoned after this long.
 pub const ASSEMBLY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Field offsets.
+/// Field offsets: the first 16 bytes are laid out as a single sealed
+/// datagram's header.
 mod field {
+    pub use super::super::data::field::{COUNTER, EPOCH, INDEX, MAGIC, RESERVED};
     use std::ops::Range;
-    pub const MAGIC: usize = 0;
-    pub const EPOCH: usize = 1;
-    pub const RESERVED: Range<usize> = 2..4;
-    pub const INDEX: Range<usize> = 4..8;
-    pub const COUNTER: Range<usize> = 8..16;
     pub const LEN: Range<usize> = 16..20;
     pub const OFFSET: Range<usize> = 20..24;
 }
