@@ -1206,7 +1206,7 @@ impl Sim {
                     self.transmit(link, 1 - side, bytes);
                 }
             }
-            Action::Close { conn, reason } => {
+            Action::Close { conn, reason, .. } => {
                 let Some((link, side)) = self.ends.remove(&(peer, inc, conn)) else {
                     return;
                 };

@@ -72,6 +72,30 @@ pub enum CloseReason {
     Shutdown,
 }
 
+impl CloseReason {
+    /// A snake_case name for counting connections that failed by reason;
+    /// `None` for a shutdown, which is no failure.
+    pub fn label(&self) -> Option<&'static str> {
+        Some(match self {
+            CloseReason::Protocol(_) => "protocol_error",
+            CloseReason::NoCommonVersion { .. } => "version_mismatch",
+            CloseReason::ConnectedToSelf => "self",
+            CloseReason::NameCollision { .. } => "name_collision",
+            CloseReason::Duplicate { .. } => "duplicate",
+            CloseReason::ReplacedByNewIncarnation => "replaced",
+            CloseReason::HandshakeTimeout(_) => "timeout",
+            CloseReason::TooManyHandshakes(_) => "too_many_handshakes",
+            CloseReason::RateLimited(_) => "rate_limited",
+            CloseReason::HeartbeatTimeout(_) => "heartbeat_timeout",
+            CloseReason::Handshake(e) => e.label(),
+            CloseReason::Tampered(_) => "tampered",
+            CloseReason::RemoteClosed(_) => "closed_by_peer",
+            CloseReason::Io(_) => "io",
+            CloseReason::Shutdown => return None,
+        })
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -458,6 +482,50 @@ pub fn message_kind(msg: &ControlMessage) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_reasons_carry_metric_labels() {
+        use crate::core::crypto::{HandshakeError, PublicKey};
+        let cases = [
+            (
+                CloseReason::HandshakeTimeout(Duration::from_secs(5)),
+                Some("timeout"),
+            ),
+            (CloseReason::ConnectedToSelf, Some("self")),
+            (
+                CloseReason::TooManyHandshakes(64),
+                Some("too_many_handshakes"),
+            ),
+            (
+                CloseReason::Handshake(HandshakeError::PasswordMismatch),
+                Some("password_mismatch"),
+            ),
+            (
+                CloseReason::Handshake(HandshakeError::DecryptFailed),
+                Some("password_mismatch"),
+            ),
+            (
+                CloseReason::Handshake(HandshakeError::UntrustedKey(PublicKey([7; 32]))),
+                Some("untrusted_key"),
+            ),
+            (
+                CloseReason::Handshake(HandshakeError::UnsupportedVersion(9)),
+                Some("version_mismatch"),
+            ),
+            (
+                CloseReason::RemoteClosed("bye".into()),
+                Some("closed_by_peer"),
+            ),
+            (
+                CloseReason::Io("connection reset by peer".into()),
+                Some("io"),
+            ),
+            (CloseReason::Shutdown, None),
+        ];
+        for (reason, label) in cases {
+            assert_eq!(reason.label(), label, "{reason}");
+        }
+    }
 
     fn features(name: u64) -> Features {
         Features {

@@ -119,7 +119,12 @@ pub enum Action {
     Send { conn: ConnHandle, bytes: Vec<u8> },
     /// Flush pending sends, then close the connection. The core has already
     /// forgotten it; further reports about it are ignored.
-    Close { conn: ConnHandle, reason: String },
+    Close {
+        conn: ConnHandle,
+        reason: String,
+        /// [`CloseReason::label`]: what metrics count the close as.
+        label: Option<&'static str>,
+    },
 }
 
 /// A data-plane session for the I/O shell to install or drop; see
@@ -1262,6 +1267,7 @@ impl Router {
         self.actions.push_back(Action::Close {
             conn,
             reason: text.clone(),
+            label: reason.label(),
         });
         let peer = c.remote().map(|f| f.name);
         match peer {

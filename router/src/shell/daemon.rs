@@ -349,7 +349,7 @@ struct RouterTask {
     /// Connections not yet seen established; one closed while still here
     /// failed its handshake.
     handshaking: HashSet<ConnHandle>,
-    /// Handshake failures by reason (see [`handshake_failure_reason`]).
+    /// Handshake failures by reason ([`CloseReason::label`]).
     handshake_failures: BTreeMap<String, u64>,
     /// The host's addresses on the bridge, for the status.
     exposed: Option<Arc<Exposed>>,
@@ -558,9 +558,9 @@ impl RouterTask {
             match action {
                 Action::Dial { target } => self.spawn_dial(target),
                 Action::Send { conn, bytes } => self.send(now, conn, bytes),
-                Action::Close { conn, reason } => {
+                Action::Close { conn, label, .. } => {
                     if self.handshaking.remove(&conn)
-                        && let Some(why) = handshake_failure_reason(&reason)
+                        && let Some(why) = label
                     {
                         *self.handshake_failures.entry(why.into()).or_default() += 1;
                     }
@@ -697,45 +697,6 @@ impl RouterTask {
         if let Err(e) = home::save_targets(path, &self.router.user_targets()) {
             warn!(error = %e, "could not save targets");
         }
-    }
-}
-
-/// The metrics label for a connection that closed during its handshake,
-/// from the core's close reason (`CloseReason`'s text); `None` for closes
-/// that are no failure (our own shutdown).
-pub fn handshake_failure_reason(reason: &str) -> Option<&'static str> {
-    const PREFIXES: [(&str, &str); 17] = [
-        ("too many connection attempts", "rate_limited"),
-        (
-            "authentication failed: password mismatch",
-            "password_mismatch",
-        ),
-        ("authentication failed: key", "untrusted_key"),
-        (
-            "authentication failed: peer has no password",
-            "peer_has_no_password",
-        ),
-        (
-            "authentication failed: peer requires a password",
-            "peer_requires_password",
-        ),
-        ("peer requires encryption", "peer_requires_encryption"),
-        ("peer does not use encryption", "peer_not_encrypted"),
-        ("encrypted control stream failed", "tampered"),
-        ("router shutting down", ""),
-        ("protocol error", "protocol_error"),
-        ("no common protocol version", "version_mismatch"),
-        ("connected to ourselves", "self"),
-        ("peer name collision", "name_collision"),
-        ("duplicate connection", "duplicate"),
-        ("handshake not completed", "timeout"),
-        ("too many pending handshakes", "too_many_handshakes"),
-        ("closed by peer", "closed_by_peer"),
-    ];
-    match PREFIXES.iter().find(|(p, _)| reason.starts_with(p)) {
-        Some((_, "")) => None,
-        Some((_, label)) => Some(label),
-        None => Some("io"),
     }
 }
 
@@ -943,37 +904,5 @@ mod tests {
             .expect("the socket is shut down")
             .unwrap();
         assert!(!received.is_empty(), "the preamble went out before the FIN");
-    }
-
-    #[test]
-    fn handshake_failures_are_labelled_from_close_reasons() {
-        use crate::core::connection::CloseReason;
-        let cases = [
-            (
-                CloseReason::HandshakeTimeout(Duration::from_secs(5)),
-                Some("timeout"),
-            ),
-            (CloseReason::ConnectedToSelf, Some("self")),
-            (
-                CloseReason::TooManyHandshakes(64),
-                Some("too_many_handshakes"),
-            ),
-            (
-                CloseReason::RemoteClosed("bye".into()),
-                Some("closed_by_peer"),
-            ),
-            (
-                CloseReason::Io("connection reset by peer".into()),
-                Some("io"),
-            ),
-            (CloseReason::Shutdown, None),
-        ];
-        for (reason, label) in cases {
-            assert_eq!(
-                handshake_failure_reason(&reason.to_string()),
-                label,
-                "{reason}"
-            );
-        }
     }
 }

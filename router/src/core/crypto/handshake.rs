@@ -197,6 +197,27 @@ pub enum HandshakeError {
     Crypto(String),
 }
 
+impl HandshakeError {
+    /// A snake_case name for counting failures by reason (metrics and
+    /// `weft report`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            // A Noise message that fails to decrypt is, between honest
+            // peers, a password mismatch (the PSK is in the key schedule).
+            HandshakeError::PasswordMismatch | HandshakeError::DecryptFailed => "password_mismatch",
+            HandshakeError::PeerRequiresEncryption => "peer_requires_encryption",
+            HandshakeError::PeerNotEncrypted => "peer_not_encrypted",
+            HandshakeError::PeerHasNoPassword => "peer_has_no_password",
+            HandshakeError::PeerRequiresPassword => "peer_requires_password",
+            HandshakeError::UntrustedKey(_) => "untrusted_key",
+            HandshakeError::UnsupportedVersion(_) => "version_mismatch",
+            HandshakeError::Rejected(_) => "rejected",
+            HandshakeError::Malformed(_) | HandshakeError::OutOfOrder(_) => "protocol_error",
+            HandshakeError::Crypto(_) => "crypto_error",
+        }
+    }
+}
+
 /// A finished encrypted handshake.
 #[derive(Debug)]
 pub struct Established {

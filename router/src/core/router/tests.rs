@@ -120,7 +120,7 @@ impl Net {
                     self.routers[j].handle_bytes(now, h, &bytes);
                 }
             }
-            Action::Close { conn, reason } => {
+            Action::Close { conn, reason, .. } => {
                 self.closed.push((i, reason));
                 if let Some((j, h)) = self.links.remove(&(i, conn)) {
                     self.links.remove(&(j, h));
