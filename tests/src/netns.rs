@@ -28,8 +28,8 @@ use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -524,6 +524,25 @@ impl Net {
         s
     }
 
+    /// Passes `result` through; if it is an error, first prints the
+    /// diagnostics and every host's `weft report`, while the testbed still
+    /// stands.
+    pub fn with_evidence(&self, result: Result<()>) -> Result<()> {
+        if let Err(e) = &result {
+            eprintln!(
+                "scenario failed: {e:#}\nstate before teardown:\n{}",
+                self.diagnostics()
+            );
+            for host in self.hosts() {
+                match self.weft(&host.name, &["report"]) {
+                    Ok(o) => eprintln!("--- weft report on {} ---\n{}", host.name, o.stdout),
+                    Err(e) => eprintln!("--- weft report on {} failed: {e:#}", host.name),
+                }
+            }
+        }
+        result
+    }
+
     /// Each connection's data path in host `name`'s `weft report`, one line
     /// each.
     fn data_paths(&self, name: &str) -> String {
@@ -882,6 +901,33 @@ fn check_short_name(name: &str) -> Result<()> {
         "name {name:?} must be 1-8 characters of [a-z0-9]"
     );
     Ok(())
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs a test binary's system tests one at a time: each starts several
+/// routers and moves real traffic, and side by side they would compete for
+/// the machine's cores and miss their deadlines. Hold the guard for the
+/// whole test; a test that panicked does not block the others.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Host `i` of a numbered testbed (`h1`, `h2`, ...).
+pub fn h(i: usize) -> String {
+    format!("h{i}")
+}
+
+/// The container on host `i` (`c1`, `c2`, ...).
+pub fn c(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// Container `i`'s overlay address in the numbered testbeds.
+pub fn overlay(i: usize) -> String {
+    format!("10.40.0.{i}")
 }
 
 /// Fails, naming the package to install, unless every `(tool, argument,

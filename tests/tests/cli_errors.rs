@@ -10,21 +10,12 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_tests::netns::{Net, Output, check_tools};
+use weft_tests::netns::{Net, Output, check_tools, serial};
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_weft-traffic");
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A home path under the topology's temp dir that does not exist yet.
 fn fresh_home(net: &Net, name: &str) -> PathBuf {

@@ -23,13 +23,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use weft_tests::capture::{self, Capture, UdpSink};
-use weft_tests::netns::{Net, Output, check_tools, traffic::unix_ms};
+use weft_tests::netns::{Net, Output, c, check_tools, h, overlay, serial, traffic::unix_ms};
 
 /// Faster failure detection than the defaults keeps the tests short.
 const HEARTBEAT: [&str; 4] = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "1s"];
@@ -48,26 +47,6 @@ const TCP_PORT: u16 = 5001;
 
 /// Where markers are sent in a container.
 const MARKER_PORT: u16 = 9999;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn h(i: usize) -> String {
-    format!("h{i}")
-}
-
-fn c(i: usize) -> String {
-    format!("c{i}")
-}
-
-fn overlay(i: usize) -> String {
-    format!("10.40.0.{i}")
-}
 
 /// What a testbed looks like; see [`testbed`].
 struct Plan<'a> {
@@ -238,23 +217,6 @@ fn ping_all(net: &Net, from: usize, to: usize, count: u32) -> Result<()> {
         out.stderr
     );
     Ok(())
-}
-
-/// On failure, prints every host's state and report before teardown.
-fn with_evidence(net: &Net, result: Result<()>) -> Result<()> {
-    if let Err(e) = &result {
-        eprintln!(
-            "scenario failed: {e:#}\nstate before teardown:\n{}",
-            net.diagnostics()
-        );
-        for host in net.hosts() {
-            match net.weft(&host.name, &["report"]) {
-                Ok(o) => eprintln!("--- weft report on {} ---\n{}", host.name, o.stdout),
-                Err(e) => eprintln!("--- weft report on {} failed: {e:#}", host.name),
-            }
-        }
-    }
-    result
 }
 
 /// Writes `content` to `name` in the topology's temp dir; returns the
@@ -454,7 +416,7 @@ fn marker_is_readable_on_the_underlay_without_a_password_and_not_with_one() -> R
             }
             Ok(())
         })();
-        with_evidence(&net, result)?;
+        net.with_evidence(result)?;
     }
     eprintln!("scenario took {:?}", start.elapsed());
     Ok(())
@@ -541,7 +503,7 @@ fn relayed_marker_is_hidden_on_both_hops_with_a_password() -> Result<()> {
             }
             Ok(())
         })();
-        with_evidence(&net, result)?;
+        net.with_evidence(result)?;
     }
     eprintln!("scenario took {:?}", start.elapsed());
     Ok(())
@@ -734,7 +696,7 @@ fn replayed_and_forged_datagrams_are_dropped_counted_and_never_delivered() -> Re
         ping_all(&net, 1, 2, 3)
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 #[test]
@@ -827,7 +789,7 @@ fn wrong_or_missing_password_gets_no_session_and_the_good_peers_keep_working() -
         ping_all(&net, 2, 1, 5)
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 /// `weft keygen FILE` on host `i`: returns the public key it printed.
@@ -862,7 +824,7 @@ fn unlisted_key_gets_no_session_and_a_removed_key_stops_the_next_handshake() -> 
     let mut net = Net::new(&["h1", "h2", "h3"])?;
     let result = unlisted_key_scenario(&mut net);
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 /// h1 and h2 list each other's keys; h3's key is listed nowhere (h3
@@ -1070,7 +1032,7 @@ fn rekeys_under_load_keep_a_100_mb_transfer_intact() -> Result<()> {
         ping_all(&net, 2, 1, 3)
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 /// Runs `weft password ARGS` on host `i`.
@@ -1251,5 +1213,5 @@ fn password_rotation_across_three_hosts_loses_no_pings() -> Result<()> {
         ping_all(&net, 1, 2, 3)
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }

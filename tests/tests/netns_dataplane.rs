@@ -24,12 +24,13 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use weft_tests::netns::{Net, Output, Report, check_nothing_left, check_tools, traffic::unix_ms};
+use weft_tests::netns::{
+    Net, Output, Report, c, check_nothing_left, check_tools, h, overlay, serial, traffic::unix_ms,
+};
 
 /// Faster failure detection than the defaults keeps the tests short, with
 /// margin for a loaded CI machine.
@@ -46,29 +47,6 @@ const TCP_PORT: u16 = 5001;
 
 /// Where the broadcast and probe tests send UDP.
 const UDP_PORT: u16 = 9999;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Host `i`'s name (1-based).
-fn h(i: usize) -> String {
-    format!("h{i}")
-}
-
-/// The name of the container on host `i`.
-fn c(i: usize) -> String {
-    format!("c{i}")
-}
-
-/// The overlay address of the container on host `i`.
-fn overlay(i: usize) -> String {
-    format!("10.40.0.{i}")
-}
 
 /// What a testbed looks like; see [`testbed`].
 struct Plan<'a> {
@@ -325,24 +303,6 @@ fn data_plane(net: &Net, i: usize) -> Result<weft_router::core::status::DataPlan
         .ok_or_else(|| anyhow::anyhow!("{} reports no data plane", h(i)))
 }
 
-/// On failure, prints every host's and container's state before the
-/// topology is torn down; passes `result` through.
-fn with_evidence(net: &Net, result: Result<()>) -> Result<()> {
-    if let Err(e) = &result {
-        eprintln!(
-            "scenario failed: {e:#}\nstate before teardown:\n{}",
-            net.diagnostics()
-        );
-        for host in net.hosts() {
-            match net.weft(&host.name, &["report"]) {
-                Ok(o) => eprintln!("--- weft report on {} ---\n{}", host.name, o.stdout),
-                Err(e) => eprintln!("--- weft report on {} failed: {e:#}", host.name),
-            }
-        }
-    }
-    result
-}
-
 #[test]
 fn two_hosts_ping_and_transfer_100_mb() -> Result<()> {
     let _serial = serial();
@@ -370,7 +330,7 @@ fn two_hosts_ping_and_transfer_100_mb() -> Result<()> {
         Ok(())
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 #[test]
@@ -414,7 +374,7 @@ fn three_hosts_relay_through_h2() -> Result<()> {
         Ok(())
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 /// Counts, with nftables in namespace `name`, the ARP requests and UDP
@@ -596,7 +556,7 @@ fn four_hosts_arp_and_broadcast_reach_every_container_once() -> Result<()> {
         Ok(())
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 /// The reply times (Unix ms) in a `udp-probe` output.
@@ -716,7 +676,7 @@ fn four_hosts_square_traffic_survives_killed_relay() -> Result<()> {
         Ok(())
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 /// The ifindex of interface `dev` in host `name`, and its master's name.
@@ -800,7 +760,7 @@ fn restarted_router_adopts_its_bridge_and_traffic_returns() -> Result<()> {
         ping_all(&net, 2, 1, 3)
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 #[test]
@@ -845,7 +805,7 @@ fn small_underlay_mtu_is_discovered_and_bulk_tcp_still_works() -> Result<()> {
         Ok(())
     })();
     eprintln!("scenario took {:?}", start.elapsed());
-    with_evidence(&net, result)
+    net.with_evidence(result)
 }
 
 #[test]

@@ -12,11 +12,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use weft_tests::netns::{Net, Report, check_nothing_left};
+use weft_tests::netns::{Net, Report, check_nothing_left, serial};
 
 /// Faster failure detection than the defaults (1 s / 4 s) keeps the tests
 /// short, with margin for a loaded CI machine.
@@ -29,14 +28,6 @@ const CONVERGE: Duration = Duration::from_secs(20);
 /// An unreachable peer is kept for 15 s (the core's `gc_grace`) before it
 /// is forgotten.
 const GC: Duration = Duration::from_secs(35);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Builds alpha, bravo, charlie; cuts alpha–charlie if asked; launches
 /// bravo with no peers and alpha and charlie with bravo as their target.

@@ -13,26 +13,17 @@
 //! loudly that it skipped if the binary is missing.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use weft_router::core::status::RouterStatus;
-use weft_tests::netns::Net;
+use weft_tests::netns::{Net, serial};
 
 const HEARTBEAT: [&str; 4] = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "1s"];
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
 const STATUS_ADDR: &str = "127.0.0.1:6782";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Three routers, all connected to each other once discovery has run.
 fn mesh() -> Result<Net> {
