@@ -226,9 +226,7 @@ impl MessageKey {
         .map_err(|_| SealError::MessageSize { plaintext })?;
         Ok(sealed)
     }
-}
 
-impl MessageKey {
     /// Authenticates and decrypts a whole message (ciphertext then tag) in
     /// place and returns the plaintext's length. On error the buffer holds
     /// garbage, never to be released.
