@@ -33,6 +33,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use traffic::unix_ms;
 use weft_router::core::status::{PeerStatus, RouterStatus};
 
 /// Every namespace this process creates starts with `wt<pid>x`, so a later
@@ -543,6 +544,95 @@ impl Net {
         result
     }
 
+    /// Sends `bytes` pseudo-random bytes over TCP from container `from` to
+    /// container `to` of a numbered testbed with the `traffic` helper
+    /// (`weft-traffic`), and fails unless the receiver got exactly those bytes
+    /// (same length, same SHA-256).
+    pub fn transfer(
+        &self,
+        traffic: &str,
+        from: usize,
+        to: usize,
+        bytes: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut recv = self.spawn(
+            &c(to),
+            traffic,
+            &["tcp-recv", &format!("0.0.0.0:{TRANSFER_PORT}"), "--hash"],
+        )?;
+        recv.wait_for_line("listening", Duration::from_secs(10))?;
+        let seed = unix_ms();
+        let sent = self.exec(
+            &c(from),
+            traffic,
+            &[
+                "tcp-send",
+                &format!("{}:{TRANSFER_PORT}", overlay(to)),
+                "--bytes",
+                &bytes.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ],
+            timeout,
+        );
+        let sent = match sent {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => bail!(
+                "sending {bytes} bytes {} -> {} failed ({}): {}{}\nreceiver so far: {}{}",
+                c(from),
+                c(to),
+                o.status,
+                o.stdout,
+                o.stderr,
+                recv.stdout(),
+                recv.stderr()
+            ),
+            Err(e) => bail!(
+                "sending {bytes} bytes {} -> {}: {e:#}\nreceiver so far: {}{}",
+                c(from),
+                c(to),
+                recv.stdout(),
+                recv.stderr()
+            ),
+        };
+        let got = recv.finish(Duration::from_secs(10))?;
+        ensure!(
+            got.status.success(),
+            "receiver failed ({}): {}{}",
+            got.status,
+            got.stdout,
+            got.stderr
+        );
+        let (sent, got) = (json_summary(&sent.stdout)?, json_summary(&got.stdout)?);
+        let secs = sent["secs"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "{} -> {}: {} bytes in {secs:.2} s ({:.1} MB/s); sent sha256 {}, received sha256 {}",
+            c(from),
+            c(to),
+            got["bytes"],
+            bytes as f64 / secs.max(1e-9) / 1e6,
+            sent["sha256"],
+            got["sha256"]
+        );
+        ensure!(
+            got["bytes"].as_u64() == Some(bytes),
+            "{} sent {bytes} bytes but {} received {}",
+            c(from),
+            c(to),
+            got["bytes"]
+        );
+        ensure!(
+            sent["sha256"] == got["sha256"] && sent["sha256"].is_string(),
+            "data corrupted between {} and {}: sent sha256 {}, received {}",
+            c(from),
+            c(to),
+            sent["sha256"],
+            got["sha256"]
+        );
+        Ok(())
+    }
+
     /// Each connection's data path in host `name`'s `weft report`, one line
     /// each.
     fn data_paths(&self, name: &str) -> String {
@@ -903,6 +993,9 @@ fn check_short_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where [`Net::transfer`] receives in a container.
+pub const TRANSFER_PORT: u16 = 5001;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Runs a test binary's system tests one at a time: each starts several
@@ -913,6 +1006,16 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The last stdout line of a helper, parsed as its JSON summary.
+fn json_summary(out: &str) -> Result<serde_json::Value> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("no JSON summary in:\n{out}"))?;
+    serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
 }
 
 /// Host `i` of a numbered testbed (`h1`, `h2`, ...).

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use weft_tests::capture::{self, Capture, UdpSink};
 use weft_tests::netns::{Net, Output, c, check_tools, h, overlay, serial, traffic::unix_ms};
@@ -41,9 +41,6 @@ const TRAFFIC: &str = env!("CARGO_BIN_EXE_weft-traffic");
 
 /// weft's TCP and UDP port.
 const WEFT_PORT: u16 = 6783;
-
-/// Where the transfer receiver listens in a container.
-const TCP_PORT: u16 = 5001;
 
 /// Where markers are sent in a container.
 const MARKER_PORT: u16 = 9999;
@@ -471,7 +468,7 @@ fn relayed_marker_is_hidden_on_both_hops_with_a_password() -> Result<()> {
                 // Bulk TCP: super-segments go as sealed messages in 0xfc
                 // fragments, which h2 opens and seals again for h3.
                 let hop2 = Capture::start(net.ns("h3"), "eth0")?;
-                transfer(&net, 1, 3, 20 << 20, Duration::from_secs(120))?;
+                net.transfer(TRAFFIC, 1, 3, 20 << 20, Duration::from_secs(120))?;
                 let frames = hop2.stop()?;
                 let fragments = frames
                     .iter()
@@ -919,78 +916,6 @@ fn unlisted_key_scenario(net: &mut Net) -> Result<()> {
     Ok(())
 }
 
-/// Sends `bytes` pseudo-random bytes over TCP from container `from` to
-/// container `to`; fails unless the same bytes arrive (SHA-256).
-fn transfer(net: &Net, from: usize, to: usize, bytes: u64, timeout: Duration) -> Result<()> {
-    let mut recv = net.spawn(
-        &c(to),
-        TRAFFIC,
-        &["tcp-recv", &format!("0.0.0.0:{TCP_PORT}"), "--hash"],
-    )?;
-    recv.wait_for_line("listening", Duration::from_secs(10))?;
-    let sent = net.exec(
-        &c(from),
-        TRAFFIC,
-        &[
-            "tcp-send",
-            &format!("{}:{TCP_PORT}", overlay(to)),
-            "--bytes",
-            &bytes.to_string(),
-            "--seed",
-            &unix_ms().to_string(),
-        ],
-        timeout,
-    );
-    let sent = match sent {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => bail!(
-            "sending failed ({}): {}{}\nreceiver: {}{}",
-            o.status,
-            o.stdout,
-            o.stderr,
-            recv.stdout(),
-            recv.stderr()
-        ),
-        Err(e) => bail!(
-            "sending: {e:#}\nreceiver: {}{}",
-            recv.stdout(),
-            recv.stderr()
-        ),
-    };
-    let got = recv.finish(Duration::from_secs(10))?;
-    let last_json = |s: &str| -> Result<Value> {
-        let line = s
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .with_context(|| format!("no JSON summary in {s:?}"))?;
-        Ok(serde_json::from_str(line)?)
-    };
-    let (sent, got) = (last_json(&sent.stdout)?, last_json(&got.stdout)?);
-    let secs = sent["secs"].as_f64().unwrap_or(0.0);
-    eprintln!(
-        "{} -> {}: {} bytes in {secs:.1} s ({:.1} MB/s); sha256 sent {} received {}",
-        c(from),
-        c(to),
-        got["bytes"],
-        bytes as f64 / secs.max(1e-9) / 1e6,
-        sent["sha256"],
-        got["sha256"]
-    );
-    ensure!(
-        got["bytes"].as_u64() == Some(bytes),
-        "sent {bytes} bytes, received {}",
-        got["bytes"]
-    );
-    ensure!(
-        sent["sha256"] == got["sha256"] && sent["sha256"].is_string(),
-        "data corrupted: sent sha256 {}, received {}",
-        sent["sha256"],
-        got["sha256"]
-    );
-    Ok(())
-}
-
 #[test]
 fn rekeys_under_load_keep_a_100_mb_transfer_intact() -> Result<()> {
     // One rekey per 25 datagrams or sealed messages (a 64 KB TCP
@@ -1009,7 +934,7 @@ fn rekeys_under_load_keep_a_100_mb_transfer_intact() -> Result<()> {
         let before = report(&net, 1)?["encryption"]["rekeys"]
             .as_u64()
             .unwrap_or(0);
-        transfer(&net, 1, 2, 100 << 20, Duration::from_secs(180))?;
+        net.transfer(TRAFFIC, 1, 2, 100 << 20, Duration::from_secs(180))?;
         let (r1, r2) = (report(&net, 1)?, report(&net, 2)?);
         let rekeys = count(&r1["encryption"]["rekeys"]);
         eprintln!(

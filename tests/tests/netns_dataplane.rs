@@ -26,7 +26,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use weft_tests::netns::{
     Net, Output, Report, c, check_nothing_left, check_tools, h, overlay, serial, traffic::unix_ms,
@@ -41,9 +41,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 /// The traffic helper, built by cargo for this test.
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_weft-traffic");
-
-/// Where the transfer receivers listen in a container.
-const TCP_PORT: u16 = 5001;
 
 /// Where the broadcast and probe tests send UDP.
 const UDP_PORT: u16 = 9999;
@@ -204,97 +201,6 @@ fn ping_all(net: &Net, from: usize, to: usize, count: u32) -> Result<()> {
     Ok(())
 }
 
-/// The last stdout line of a helper, parsed as its JSON summary.
-fn summary(out: &str) -> Result<Value> {
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("no JSON summary in:\n{out}"))?;
-    serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
-}
-
-/// Sends `bytes` pseudo-random bytes over TCP from container `from` to
-/// container `to` and fails unless the receiver got exactly those bytes
-/// (same length, same SHA-256).
-fn transfer(net: &Net, from: usize, to: usize, bytes: u64, timeout: Duration) -> Result<()> {
-    let mut recv = net.spawn(
-        &c(to),
-        TRAFFIC,
-        &["tcp-recv", &format!("0.0.0.0:{TCP_PORT}"), "--hash"],
-    )?;
-    recv.wait_for_line("listening", Duration::from_secs(10))?;
-    let seed = unix_ms();
-    let sent = net.exec(
-        &c(from),
-        TRAFFIC,
-        &[
-            "tcp-send",
-            &format!("{}:{TCP_PORT}", overlay(to)),
-            "--bytes",
-            &bytes.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ],
-        timeout,
-    );
-    let sent = match sent {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => bail!(
-            "sending {bytes} bytes {} -> {} failed ({}): {}{}\nreceiver so far: {}{}",
-            c(from),
-            c(to),
-            o.status,
-            o.stdout,
-            o.stderr,
-            recv.stdout(),
-            recv.stderr()
-        ),
-        Err(e) => bail!(
-            "sending {bytes} bytes {} -> {}: {e:#}\nreceiver so far: {}{}",
-            c(from),
-            c(to),
-            recv.stdout(),
-            recv.stderr()
-        ),
-    };
-    let got = recv.finish(Duration::from_secs(10))?;
-    ensure!(
-        got.status.success(),
-        "receiver failed ({}): {}{}",
-        got.status,
-        got.stdout,
-        got.stderr
-    );
-    let (sent, got) = (summary(&sent.stdout)?, summary(&got.stdout)?);
-    let secs = sent["secs"].as_f64().unwrap_or(0.0);
-    eprintln!(
-        "{} -> {}: {} bytes in {secs:.2} s ({:.1} MB/s); sent sha256 {}, received sha256 {}",
-        c(from),
-        c(to),
-        got["bytes"],
-        bytes as f64 / secs.max(1e-9) / 1e6,
-        sent["sha256"],
-        got["sha256"]
-    );
-    ensure!(
-        got["bytes"].as_u64() == Some(bytes),
-        "{} sent {bytes} bytes but {} received {}",
-        c(from),
-        c(to),
-        got["bytes"]
-    );
-    ensure!(
-        sent["sha256"] == got["sha256"] && sent["sha256"].is_string(),
-        "data corrupted between {} and {}: sent sha256 {}, received {}",
-        c(from),
-        c(to),
-        sent["sha256"],
-        got["sha256"]
-    );
-    Ok(())
-}
-
 /// The data-plane counters of host `i`'s router.
 fn data_plane(net: &Net, i: usize) -> Result<weft_router::core::status::DataPlaneStatus> {
     net.report(&h(i))?
@@ -311,8 +217,8 @@ fn two_hosts_ping_and_transfer_100_mb() -> Result<()> {
     let result = (|| {
         ping_all(&net, 1, 2, 3)?;
         ping_all(&net, 2, 1, 3)?;
-        transfer(&net, 1, 2, 100 << 20, Duration::from_secs(90))?;
-        transfer(&net, 2, 1, 10 << 20, Duration::from_secs(30))?;
+        net.transfer(TRAFFIC, 1, 2, 100 << 20, Duration::from_secs(90))?;
+        net.transfer(TRAFFIC, 2, 1, 10 << 20, Duration::from_secs(30))?;
         // The bulk went the offloaded way: TCP super-segments from the TAP,
         // carried whole and written whole (not one TAP read per frame).
         let (sent, got) = (data_plane(&net, 1)?, data_plane(&net, 2)?);
@@ -784,8 +690,8 @@ fn small_underlay_mtu_is_discovered_and_bulk_tcp_still_works() -> Result<()> {
             )?;
             eprintln!("{} overlay MTU {}", c(i), out.stdout.trim());
         }
-        transfer(&net, 1, 2, 20 << 20, Duration::from_secs(60))?;
-        transfer(&net, 2, 1, 20 << 20, Duration::from_secs(60))?;
+        net.transfer(TRAFFIC, 1, 2, 20 << 20, Duration::from_secs(60))?;
+        net.transfer(TRAFFIC, 2, 1, 20 << 20, Duration::from_secs(60))?;
         for (x, y) in [("h1", "h2"), ("h2", "h1")] {
             let r = net.report(x)?;
             let dp =
