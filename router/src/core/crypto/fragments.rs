@@ -635,4 +635,35 @@ mod tests {
             "short of the length"
         );
     }
+
+    /// Throughput of sealing and opening 64 KB messages (OpenSSL), for
+    /// comparison with `data::tests::throughput` (single 1400-byte
+    /// datagrams, ring):
+    /// `cargo test --release -p weft-router --lib fragments::tests::throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let mut body = vec![0x5a; 65_536];
+        let n = 20_000;
+        let (mut sealing, mut opening) = (0.0, 0.0);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let sealed = a.seal_message_parts(now, &[], &mut body).unwrap();
+            sealing += t.elapsed().as_secs_f64();
+            let mut message = [&body[..], sealed.tag()].concat();
+            let t = std::time::Instant::now();
+            let len = b.open_message(now, &sealed.prefix, &mut message).unwrap();
+            opening += t.elapsed().as_secs_f64();
+            assert_eq!(len, 65_536);
+            body.copy_from_slice(&message[..len]);
+        }
+        let gbps = |secs: f64| n as f64 * 65_536.0 / secs / 1e9;
+        println!(
+            "64 KB messages: seal {:.2} GB/s, open {:.2} GB/s",
+            gbps(sealing),
+            gbps(opening)
+        );
+    }
 }
