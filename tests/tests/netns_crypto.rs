@@ -931,9 +931,10 @@ fn rekeys_under_load_keep_a_100_mb_transfer_intact() -> Result<()> {
         "25".into(),
     ])?;
     let result = (|| {
-        let before = report(&net, 1)?["encryption"]["rekeys"]
-            .as_u64()
-            .unwrap_or(0);
+        let r1 = report(&net, 1)?;
+        let before = r1["encryption"]["rekeys"].as_u64().unwrap_or(0);
+        let conn_id = r1["connections"][0]["conn_id"].clone();
+        ensure!(conn_id.is_string(), "h1 has no connection: {r1}");
         net.transfer(TRAFFIC, 1, 2, 100 << 20, Duration::from_secs(180))?;
         let (r1, r2) = (report(&net, 1)?, report(&net, 2)?);
         let rekeys = count(&r1["encryption"]["rekeys"]);
@@ -954,6 +955,31 @@ fn rekeys_under_load_keep_a_100_mb_transfer_intact() -> Result<()> {
             "h2 failed to authenticate datagrams across rekeys: {}",
             r2["data_plane"]["crypto_dropped"]
         );
+        // The control channel rekeys every 25 records too; heartbeats
+        // alone send one a second.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (r1, r2) = (report(&net, 1)?, report(&net, 2)?);
+            let rekeyed = [&r1, &r2].map(|r| count(&r["encryption"]["control_rekeys"]));
+            if rekeyed.iter().all(|&n| n >= 1) {
+                eprintln!(
+                    "control channel rekeys: h1 {}, h2 {}",
+                    rekeyed[0], rekeyed[1]
+                );
+                ensure!(
+                    r1["connections"][0]["conn_id"] == conn_id,
+                    "the control connection was replaced while rekeying: {} then {}",
+                    conn_id,
+                    r1["connections"][0]["conn_id"]
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no control-channel rekey within 60 s with --rekey-after-packets 25: {rekeyed:?}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
         ping_all(&net, 2, 1, 3)
     })();
     eprintln!("scenario took {:?}", start.elapsed());

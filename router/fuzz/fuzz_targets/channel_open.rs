@@ -4,8 +4,8 @@
 //! sequence of ops, each a byte `op % 3` then a length byte and that many
 //! bytes: 0 feeds the bytes raw, 1 has the peer seal them and feeds the
 //! records, 2 has the peer seal them and feeds the records cut after the
-//! first `len / 2` bytes (the rest follows in the next op's feed). Never
-//! panics; while only genuine records arrive, the plaintext comes out
+//! first `len / 2` bytes (the rest follows in the next op's feed). The
+//! peer rekeys every other record. Never panics; while only genuine records arrive, the plaintext comes out
 //! intact; after any error every later call fails.
 #![no_main]
 
@@ -14,6 +14,7 @@ use weft_router_fuzz::crypto::channel_pair;
 
 fuzz_target!(|data: &[u8]| {
     let (mut peer, mut local) = channel_pair();
+    let now = std::time::Instant::now();
     let mut input = data.iter().copied();
     let mut carry = Vec::new();
     let (mut expected, mut got) = (Vec::new(), Vec::new());
@@ -29,13 +30,13 @@ fuzz_target!(|data: &[u8]| {
                 feed.extend(&bytes);
             }
             1 => {
-                peer.seal(&bytes, &mut feed)
+                peer.seal(now, &bytes, &mut feed)
                     .expect("sealing never fails here");
                 expected.extend(&bytes);
             }
             _ => {
                 let mut records = Vec::new();
-                peer.seal(&bytes, &mut records)
+                peer.seal(now, &bytes, &mut records)
                     .expect("sealing never fails here");
                 expected.extend(&bytes);
                 let cut = (records.len() / 2).min(records.len());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use weft_router::core::connection::{ConnEvent, ConnState, Connection, Direction};
-use weft_router::core::crypto::HandshakeConfig;
+use weft_router::core::crypto::{DataLimits, HandshakeConfig};
 use weft_router::core::identity::ConnId;
 use weft_router::core::wire::addr::PeerAddr;
 use weft_router::core::wire::control::ControlMessage;
@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         Preamble::new(versions.clone()),
         local_half,
         HandshakeConfig::Plaintext,
+        DataLimits::default(),
         7,
     );
     let stream = Prefix::from_bits(flags).stream(PEER_UID, fuzz);

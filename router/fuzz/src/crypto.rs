@@ -119,7 +119,8 @@ pub fn seal(session: &mut DataSession, now: Instant, plaintext: &[u8]) -> Vec<u8
 }
 
 /// Runs two real handshakes in memory (password on both sides) and returns
-/// the initiator's and responder's channels.
+/// the initiator's and responder's channels, which rekey every other
+/// record so the inputs cover rekey records.
 pub fn channel_pair() -> (SecureChannel, SecureChannel) {
     let mut i = Handshake::new(Role::Initiator, config(0, 1, 2), PEER_INDEX);
     let mut r = Handshake::new(Role::Responder, config(0, 2, 1), LOCAL_INDEX);
@@ -137,7 +138,14 @@ pub fn channel_pair() -> (SecureChannel, SecureChannel) {
     let (to_i, _) = step(&mut r, &first);
     let (to_r, ic) = step(&mut i, &to_i);
     let (_, rc) = step(&mut r, &to_r);
-    (ic.expect("initiator done"), rc.expect("responder done"))
+    let (mut ic, mut rc) = (ic.expect("initiator done"), rc.expect("responder done"));
+    let limits = DataLimits {
+        rekey_after_packets: 2,
+        ..DataLimits::default()
+    };
+    ic.set_rekey_limits(&limits);
+    rc.set_rekey_limits(&limits);
+    (ic, rc)
 }
 
 /// The crypto targets' seeds.

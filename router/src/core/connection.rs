@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::conn_maker::ConnHandle;
 use crate::core::crypto::{
-    DataKeys, Handshake, HandshakeConfig, HandshakeError, HandshakeOutcome, HandshakeProgress,
-    PskId, PublicKey, Role, SecureChannel,
+    ChannelRekeys, DataKeys, DataLimits, Handshake, HandshakeConfig, HandshakeError,
+    HandshakeOutcome, HandshakeProgress, PskId, PublicKey, Role, SecureChannel,
 };
 use crate::core::identity::{ConnId, PeerName, PeerUid};
 use crate::core::wire::WireError;
@@ -192,6 +192,8 @@ pub struct Connection {
     preamble_buf: Vec<u8>,
     decoder: FrameDecoder,
     crypto: HandshakeConfig,
+    /// When the control channel rekeys (the data sessions' schedule).
+    rekey: DataLimits,
     handshake: Option<Box<Handshake>>,
     channel: Option<SecureChannel>,
     /// What the encryption handshake established, if it did.
@@ -227,6 +229,7 @@ impl Connection {
         preamble: Preamble,
         local_half: u64,
         crypto: HandshakeConfig,
+        rekey: DataLimits,
         local_index: u32,
     ) -> Self {
         Self {
@@ -243,6 +246,7 @@ impl Connection {
             preamble_buf: Vec::with_capacity(PREAMBLE_LEN),
             decoder: FrameDecoder::new(),
             crypto,
+            rekey,
             handshake: None,
             channel: None,
             security: None,
@@ -259,6 +263,14 @@ impl Connection {
             self.state,
             ConnState::AwaitFeatures { .. } | ConnState::Established { .. }
         )
+    }
+
+    /// How often the encrypted control channel has rekeyed, each way.
+    pub fn control_rekeys(&self) -> ChannelRekeys {
+        self.channel
+            .as_ref()
+            .map(SecureChannel::rekeys)
+            .unwrap_or_default()
     }
 
     /// The data-plane keys the handshake derived, once.
@@ -365,7 +377,8 @@ impl Connection {
                     }
                     self.handshake = None;
                     if let HandshakeOutcome::Established(e) = outcome {
-                        let e = *e;
+                        let mut e = *e;
+                        e.channel.set_rekey_limits(&self.rekey);
                         self.channel = Some(e.channel);
                         self.data_keys = Some(e.data_keys);
                         self.security = Some(Security {
@@ -459,7 +472,7 @@ impl Connection {
             return Ok(framed);
         };
         let mut out = Vec::with_capacity(framed.len() + 64);
-        ch.seal(&framed, &mut out)
+        ch.seal(now, &framed, &mut out)
             .map_err(|e| WireError::Malformed {
                 what: "secure channel",
                 detail: e.to_string(),
@@ -548,6 +561,7 @@ mod tests {
             Preamble::new(versions),
             0x0f,
             HandshakeConfig::Plaintext,
+            DataLimits::default(),
             7,
         )
     }
@@ -691,6 +705,7 @@ mod tests {
                     Preamble::new(1..=1),
                     0x0f,
                     crypto,
+                    DataLimits::default(),
                     index,
                 )
             };

@@ -27,7 +27,8 @@ use crate::core::identity::{Identity, PeerName};
 use crate::core::rate_limit::HandshakeLimiter;
 use crate::core::routes::Routes;
 use crate::core::status::{
-    ConnectionStatus, DataPathStatus, PeerConnectionStatus, PeerStatus, RouterStatus, TargetStatus,
+    ConnectionStatus, DataPathStatus, EncryptionStatus, PeerConnectionStatus, PeerStatus,
+    RouterStatus, TargetStatus,
 };
 use crate::core::topology::Topology;
 use crate::core::wire::addr::Subnet;
@@ -177,6 +178,8 @@ pub struct Router {
     udp_out: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Bumped whenever [`Router::data_view`] would return something new.
     data_version: u64,
+    /// Control-channel rekeys (our sending side) since start.
+    control_rekeys: u64,
 }
 
 /// What the data plane needs from the control plane: routes over
@@ -219,6 +222,7 @@ impl Router {
             limiter: HandshakeLimiter::default(),
             next_full_gossip: first_gossip,
             stats: GossipStats::default(),
+            control_rekeys: 0,
             paths: HashMap::new(),
             udp_out: VecDeque::new(),
             data_version: 1,
@@ -809,7 +813,10 @@ impl Router {
             targets,
             peers,
             data_plane: None,
-            encryption: Default::default(),
+            encryption: EncryptionStatus {
+                control_rekeys: self.control_rekeys,
+                ..Default::default()
+            },
             handshake_failures: Default::default(),
             gossip: Vec::new(),
             exposed: Vec::new(),
@@ -829,6 +836,7 @@ impl Router {
             self.preamble,
             self.rng.random(),
             self.config.crypto.clone(),
+            self.config.data_limits,
             self.rng.random(),
         );
         self.actions.push_back(Action::Send {
@@ -1232,8 +1240,18 @@ impl Router {
         let Some(c) = self.conns.get_mut(&conn) else {
             return 0;
         };
+        let rekeys = c.control_rekeys().sent;
         match c.encode(now, msg) {
             Ok(bytes) => {
+                let rekeyed = c.control_rekeys().sent - rekeys;
+                if rekeyed > 0 {
+                    self.control_rekeys += rekeyed;
+                    info!(
+                        conn,
+                        peer = c.remote().map(|f| f.name.to_string()),
+                        "control channel rekeyed"
+                    );
+                }
                 let len = bytes.len();
                 self.actions.push_back(Action::Send { conn, bytes });
                 len

@@ -97,9 +97,12 @@ pub struct EncryptionStatus {
     /// Datagrams dropped because they replayed an earlier one.
     #[serde(default)]
     pub replay_drops: u64,
-    /// Session keys replaced since start.
+    /// Data-session keys replaced since start (our sending side).
     #[serde(default)]
     pub rekeys: u64,
+    /// Control-channel keys replaced since start (our sending side).
+    #[serde(default)]
+    pub control_rekeys: u64,
 }
 
 impl Default for EncryptionStatus {
@@ -108,6 +111,7 @@ impl Default for EncryptionStatus {
             mode: "disabled".into(),
             replay_drops: 0,
             rekeys: 0,
+            control_rekeys: 0,
         }
     }
 }

@@ -149,8 +149,14 @@ pub fn encode_status(status: &RouterStatus) -> Result<String, std::fmt::Error> {
     counter(
         &mut registry,
         "encryption_rekeys",
-        "Session keys replaced",
+        "Data-session keys replaced (sending side)",
         status.encryption.rekeys,
+    );
+    counter(
+        &mut registry,
+        "encryption_control_rekeys",
+        "Control-channel keys replaced (sending side)",
+        status.encryption.control_rekeys,
     );
 
     if let Some(dp) = &status.data_plane {
@@ -288,6 +294,7 @@ mod tests {
             received_messages: 1,
             received_bytes: 100,
         }];
+        st.encryption.control_rekeys = 3;
         st.data_plane = Some(DataPlaneStatus {
             frames_sent: 9,
             bytes_sent: 12_345,
@@ -304,6 +311,7 @@ mod tests {
             "weft_gossip_bytes_total{channel=\"topology\",kind=\"delta\",direction=\"sent\"} 300",
             "weft_encryption_replay_drops_total 0",
             "weft_encryption_rekeys_total 0",
+            "weft_encryption_control_rekeys_total 3",
             "weft_frames_total{direction=\"sent\"} 9",
             "weft_dropped_total{reason=\"no_route\"} 4",
             "weft_bytes_total{direction=\"sent\"} 12345",

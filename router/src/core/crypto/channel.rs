@@ -6,9 +6,21 @@
 //! TCP delivers records in order, so the implicit Noise nonce doubles as
 //! the replay and reordering check: any dropped, repeated or reordered
 //! record fails to authenticate.
+//!
+//! Each direction moves to a new key (Noise's one-way `REKEY()`, spec
+//! section 11.3) after a time or a number of records, like the data
+//! sessions, so a key taken from a long-lived connection's memory does not
+//! open what the connection carried before. The sender signals it in band
+//! with a record of empty plaintext, which nothing else produces, then
+//! rekeys; the receiver rekeys after that record authenticates. TCP's
+//! ordering keeps both sides in step without a round trip.
+
+use std::time::{Duration, Instant};
 
 use snow::TransportState;
 use thiserror::Error;
+
+use super::data::DataLimits;
 
 /// The Poly1305 tag of each record.
 const TAG_LEN: usize = 16;
@@ -44,38 +56,94 @@ pub struct SecureChannel {
     /// Bytes of an incomplete record.
     pending: Vec<u8>,
     failed: bool,
+    rekey_after_time: Duration,
+    rekey_after_records: u64,
+    /// When the current sending key sealed its first record.
+    send_key_since: Option<Instant>,
+    /// Records sealed with the current sending key.
+    send_key_records: u64,
+    rekeys: ChannelRekeys,
+}
+
+/// How often each direction of a channel has moved to a new key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelRekeys {
+    pub sent: u64,
+    pub received: u64,
 }
 
 impl SecureChannel {
+    /// A channel that rekeys on the data sessions' default schedule.
     pub(crate) fn new(transport: TransportState) -> SecureChannel {
+        let limits = DataLimits::default();
         SecureChannel {
             transport: Box::new(transport),
             pending: Vec::new(),
             failed: false,
+            rekey_after_time: limits.rekey_after_time,
+            rekey_after_records: limits.rekey_after_packets,
+            send_key_since: None,
+            send_key_records: 0,
+            rekeys: ChannelRekeys::default(),
         }
     }
 
-    /// Appends the records carrying `plaintext` to `out`. An empty
+    /// Rekeys the sending direction after `limits.rekey_after_time` or
+    /// after `limits.rekey_after_packets` records, whichever comes first.
+    pub fn set_rekey_limits(&mut self, limits: &DataLimits) {
+        self.rekey_after_time = limits.rekey_after_time;
+        self.rekey_after_records = limits.rekey_after_packets.max(1);
+    }
+
+    /// How often each direction has rekeyed.
+    pub fn rekeys(&self) -> ChannelRekeys {
+        self.rekeys
+    }
+
+    /// Appends the records carrying `plaintext` to `out`, preceded by a
+    /// rekey record when the sending key is due for replacement. An empty
     /// plaintext produces no record.
-    pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChannelError> {
         if self.failed {
             return Err(ChannelError::Failed);
         }
         for chunk in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
-            let start = out.len();
-            let len = chunk.len() + TAG_LEN;
-            out.resize(start + LENGTH_PREFIX + len, 0);
-            // `len` fits: chunks are at most MAX_RECORD_PLAINTEXT.
-            out[start..start + LENGTH_PREFIX].copy_from_slice(&(len as u16).to_be_bytes());
-            if self
-                .transport
-                .write_message(chunk, &mut out[start + LENGTH_PREFIX..])
-                .is_err()
+            let since = *self.send_key_since.get_or_insert(now);
+            if self.send_key_records >= self.rekey_after_records
+                || now.saturating_duration_since(since) >= self.rekey_after_time
             {
-                out.truncate(start);
-                self.failed = true;
-                return Err(ChannelError::Exhausted);
+                self.write_record(&[], out)?;
+                self.transport.rekey_outgoing();
+                self.rekeys.sent += 1;
+                self.send_key_since = Some(now);
+                self.send_key_records = 0;
             }
+            self.write_record(chunk, out)?;
+            self.send_key_records += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends one record; `chunk` is at most [`MAX_RECORD_PLAINTEXT`].
+    fn write_record(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        let start = out.len();
+        let len = chunk.len() + TAG_LEN;
+        out.resize(start + LENGTH_PREFIX + len, 0);
+        // `len` fits: chunks are at most MAX_RECORD_PLAINTEXT.
+        out[start..start + LENGTH_PREFIX].copy_from_slice(&(len as u16).to_be_bytes());
+        if self
+            .transport
+            .write_message(chunk, &mut out[start + LENGTH_PREFIX..])
+            .is_err()
+        {
+            out.truncate(start);
+            self.failed = true;
+            return Err(ChannelError::Exhausted);
         }
         Ok(())
     }
@@ -104,6 +172,13 @@ impl SecureChannel {
             let start = out.len();
             out.resize(start + len - TAG_LEN, 0);
             match self.transport.read_message(record, &mut out[start..]) {
+                Ok(0) => {
+                    // The peer's rekey record: its next record uses the
+                    // next key.
+                    out.truncate(start);
+                    self.transport.rekey_incoming();
+                    self.rekeys.received += 1;
+                }
                 Ok(n) => out.truncate(start + n),
                 Err(_) => {
                     out.truncate(start);
@@ -141,14 +216,20 @@ mod tests {
     use super::*;
     use crate::core::crypto::handshake::tests::established_pair;
 
+    fn now() -> Instant {
+        // One fixed instant: these tests rekey by record count.
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *START.get_or_init(Instant::now)
+    }
+
     #[test]
     fn round_trip_in_any_split() {
         let (mut a, mut b) = established_pair();
         let message: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut wire = Vec::new();
-        a.seal(&message, &mut wire).unwrap();
-        a.seal(b"", &mut wire).unwrap();
-        a.seal(b"tail", &mut wire).unwrap();
+        a.seal(now(), &message, &mut wire).unwrap();
+        a.seal(now(), b"", &mut wire).unwrap();
+        a.seal(now(), b"tail", &mut wire).unwrap();
         // 200000 bytes need 4 records, "tail" one more.
         assert_eq!(wire.len(), 200_000 + 4 + 5 * (LENGTH_PREFIX + TAG_LEN));
         let mut got = Vec::new();
@@ -160,7 +241,7 @@ mod tests {
         assert_eq!(&got[200_000..], b"tail");
 
         let mut back = Vec::new();
-        b.seal(b"reply", &mut back).unwrap();
+        b.seal(now(), b"reply", &mut back).unwrap();
         let mut got = Vec::new();
         for byte in back.chunks(1) {
             a.open(byte, &mut got).unwrap();
@@ -172,9 +253,9 @@ mod tests {
     fn tampering_reordering_and_short_records_fail_for_good() {
         let (mut a, mut b) = established_pair();
         let mut wire = Vec::new();
-        a.seal(b"one", &mut wire).unwrap();
+        a.seal(now(), b"one", &mut wire).unwrap();
         let first = wire.clone();
-        a.seal(b"two", &mut wire).unwrap();
+        a.seal(now(), b"two", &mut wire).unwrap();
         let second = wire[first.len()..].to_vec();
 
         let mut out = Vec::new();
@@ -184,13 +265,80 @@ mod tests {
 
         let (mut a, mut b) = established_pair();
         let mut wire = Vec::new();
-        a.seal(b"one", &mut wire).unwrap();
+        a.seal(now(), b"one", &mut wire).unwrap();
         wire[5] ^= 1;
         assert_eq!(b.open(&wire, &mut out), Err(ChannelError::AuthFailed));
 
         let (_, mut b) = established_pair();
         assert_eq!(b.open(&[0, 15], &mut out), Err(ChannelError::Malformed(15)));
         let mut sink = Vec::new();
-        assert_eq!(b.seal(b"x", &mut sink), Err(ChannelError::Failed));
+        assert_eq!(b.seal(now(), b"x", &mut sink), Err(ChannelError::Failed));
+    }
+
+    #[test]
+    fn both_directions_rekey_in_step_by_records_and_by_time() {
+        let (mut a, mut b) = established_pair();
+        let limits = DataLimits {
+            rekey_after_packets: 3,
+            ..DataLimits::default()
+        };
+        a.set_rekey_limits(&limits);
+        b.set_rekey_limits(&limits);
+        let t0 = now();
+        let mut wire = Vec::new();
+        for i in 0..10u8 {
+            a.seal(t0, &[i; 5], &mut wire).unwrap();
+        }
+        // Records 3, 6 and 9 each need a new key first: three empty
+        // rekey records (tag only) precede them.
+        assert_eq!(a.rekeys().sent, 3);
+        assert_eq!(
+            wire.len(),
+            10 * (LENGTH_PREFIX + 5 + TAG_LEN) + 3 * (LENGTH_PREFIX + TAG_LEN)
+        );
+        let mut got = Vec::new();
+        for piece in wire.chunks(3) {
+            b.open(piece, &mut got).unwrap();
+        }
+        assert_eq!(got, (0..10u8).flat_map(|i| [i; 5]).collect::<Vec<_>>());
+        assert_eq!(b.rekeys().received, 3);
+
+        // The time limit, counted from the key's first record: a
+        // heartbeat two minutes on rekeys first.
+        let mut wire = Vec::new();
+        let later = t0 + limits.rekey_after_time;
+        b.seal(t0, b"ping", &mut wire).unwrap();
+        b.seal(later - Duration::from_millis(1), b"pong", &mut wire)
+            .unwrap();
+        assert_eq!(b.rekeys().sent, 0);
+        b.seal(later, b"!", &mut wire).unwrap();
+        assert_eq!(b.rekeys().sent, 1);
+        let mut got = Vec::new();
+        a.open(&wire, &mut got).unwrap();
+        assert_eq!(got, b"pingpong!");
+        assert_eq!(a.rekeys().received, 1);
+    }
+
+    #[test]
+    fn a_receiver_that_misses_the_rekey_record_fails() {
+        // The old key must not open records after the rekey, and a record
+        // under the new key is useless to one who dropped the marker.
+        let (mut a, mut b) = established_pair();
+        a.set_rekey_limits(&DataLimits {
+            rekey_after_packets: 1,
+            ..DataLimits::default()
+        });
+        let mut first = Vec::new();
+        a.seal(now(), b"one", &mut first).unwrap();
+        let mut second = Vec::new();
+        a.seal(now(), b"two", &mut second).unwrap();
+        let marker = LENGTH_PREFIX + TAG_LEN;
+        let mut got = Vec::new();
+        b.open(&first, &mut got).unwrap();
+        assert_eq!(
+            b.open(&second[marker..], &mut got),
+            Err(ChannelError::AuthFailed)
+        );
+        assert_eq!(got, b"one");
     }
 }

@@ -862,7 +862,7 @@ pub(crate) mod tests {
             assert_eq!((i.remote_index, r.remote_index), (22, 11));
             assert_eq!(i.psk_id, Some(psk(9).id()));
             assert_eq!(r.psk_id, Some(psk(9).id()));
-            i.channel.seal(b"hi", &mut record).unwrap();
+            i.channel.seal(Instant::now(), b"hi", &mut record).unwrap();
             let mut got = Vec::new();
             let mut rc = r.channel;
             rc.open(&record, &mut got).unwrap();
@@ -875,7 +875,7 @@ pub(crate) mod tests {
         // The initiator's first record travels with message 3.
         let (mut i_probe, _) = established_pair();
         let mut record = Vec::new();
-        i_probe.seal(b"x", &mut record).unwrap();
+        i_probe.seal(Instant::now(), b"x", &mut record).unwrap();
         let (_, r) = run(
             with_password(1, 9, &[]),
             with_password(2, 9, &[]),

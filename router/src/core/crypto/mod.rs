@@ -28,7 +28,7 @@ pub mod kdf;
 pub mod keys;
 pub mod replay;
 
-pub use channel::{ChannelError, SecureChannel};
+pub use channel::{ChannelError, ChannelRekeys, SecureChannel};
 pub use data::{DataError, DataKeys, DataLimits, DataSession, DataStats, SealError};
 pub use handshake::{
     Established, Handshake, HandshakeConfig, HandshakeError, HandshakeOutcome, HandshakeProgress,

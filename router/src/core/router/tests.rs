@@ -615,6 +615,37 @@ mod encryption {
     }
 
     #[test]
+    fn control_channels_rekey_on_time_and_count_without_dropping_the_connection() {
+        // (records per key, expected rekeys of each router in 10 minutes):
+        // heartbeats alone carry the 120 s time limit; with a limit of two
+        // records the count rules.
+        for (records, rekeys) in [(1 << 30, 4..=5), (2, 40..=10_000)] {
+            let configs = [encrypted(1, &[]), encrypted(2, &[])].map(|mut c| {
+                c.data_limits.rekey_after_packets = records;
+                c
+            });
+            let mut net = Net::new(configs.into());
+            let t = net.target(1);
+            net.routers[0].add_targets(net.now, [t]);
+            net.pump();
+            let id = |net: &Net| net.routers[0].connections().next().and_then(|c| c.id());
+            let first = id(&net).expect("established");
+            for _ in 0..60 {
+                net.advance(Duration::from_secs(10));
+            }
+            for i in 0..2 {
+                let n = net.routers[i].status(net.now).encryption.control_rekeys;
+                assert!(
+                    rekeys.contains(&n),
+                    "router {i}: {n} rekeys, limit {records}"
+                );
+            }
+            assert_eq!(id(&net), Some(first), "the connection survived its rekeys");
+            assert!(net.closed.is_empty(), "{:?}", net.closed);
+        }
+    }
+
+    #[test]
     fn a_wrong_password_never_establishes_and_says_why() {
         let mut bad = encrypted(2, &[]);
         bad.crypto = noise("other");
