@@ -885,6 +885,17 @@ fn unlisted_key_scenario(net: &mut Net) -> Result<()> {
         !established(&r1, 3) && !established(&r3, 1),
         "h3's unlisted key got a session"
     );
+    // h1 said why, so h3's operator can see which key to list where.
+    let refused = format!("does not list this node's key {}", keys[2].1);
+    net.wait_until(
+        "h3 reports that h1 refused its key",
+        Duration::from_secs(20),
+        || {
+            let r3 = report(net, 3)?;
+            Ok(count(&r3["handshake_failures"]["key_refused"]) >= 1
+                && target_error(net, &r3, 1).is_some_and(|e| e.contains(&refused)))
+        },
+    )?;
     eprintln!("weft status on h1:\n{}", net.status_text("h1")?);
     ping_all(net, 1, 2, 3)?;
 
@@ -904,6 +915,11 @@ fn unlisted_key_scenario(net: &mut Net) -> Result<()> {
     ensure!(
         !established(&report(net, 1)?, 2),
         "h2 reconnected to h1 after its key was removed"
+    );
+    ensure!(
+        count(&report(net, 2)?["handshake_failures"]["key_refused"]) >= 1,
+        "h2 does not report that h1 refused its key: {}",
+        report(net, 2)?["handshake_failures"]
     );
     ensure!(
         !ping(net, 1, 2, 2)?.status.success(),

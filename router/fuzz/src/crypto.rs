@@ -232,6 +232,11 @@ pub fn seeds() -> Vec<Seed> {
         "records",
         b"\x01\x05hello\x01\x00\x02\x03abc\x00\x04\x00\x10\x00\x00".to_vec(),
     ));
+    out.push(seed(
+        "channel_open",
+        "key-refusal",
+        b"\x01\x05hello\x00\x03\x00\x00\x01".to_vec(),
+    ));
 
     let kp = StaticKeypair::from_private(Zeroizing::new([7; 32]));
     out.push(seed(

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::conn_maker::ConnHandle;
 use crate::core::crypto::{
-    ChannelRekeys, DataKeys, DataLimits, Handshake, HandshakeConfig, HandshakeError,
-    HandshakeOutcome, HandshakeProgress, PskId, PublicKey, Role, SecureChannel,
+    ChannelError, ChannelRekeys, DataKeys, DataLimits, Handshake, HandshakeConfig, HandshakeError,
+    HandshakeOutcome, HandshakeProgress, PskId, PublicKey, Role, SecureChannel, refusal_error,
 };
 use crate::core::identity::{ConnId, PeerName, PeerUid};
 use crate::core::wire::WireError;
@@ -414,7 +414,14 @@ impl Connection {
             Some(ch) => {
                 self.plain.clear();
                 ch.open(bytes, &mut self.plain)
-                    .map_err(|e| CloseReason::Tampered(e.to_string()))?;
+                    .map_err(|e| match (e, &self.crypto) {
+                        // The responder checks our key after the handshake
+                        // finished here, and refuses it in clear.
+                        (ChannelError::Refused(code), HandshakeConfig::Noise(n)) => {
+                            CloseReason::Handshake(refusal_error(code, n.public_key()))
+                        }
+                        (e, _) => CloseReason::Tampered(e.to_string()),
+                    })?;
                 self.decoder.push(&self.plain);
             }
             None => self.decoder.push(bytes),
@@ -520,6 +527,10 @@ mod tests {
             (
                 CloseReason::Handshake(HandshakeError::UntrustedKey(PublicKey([7; 32]))),
                 Some("untrusted_key"),
+            ),
+            (
+                CloseReason::Handshake(HandshakeError::KeyRefused(PublicKey([7; 32]))),
+                Some("key_refused"),
             ),
             (
                 CloseReason::Handshake(HandshakeError::UnsupportedVersion(9)),
@@ -804,6 +815,45 @@ mod tests {
                     );
                 }
                 assert!(a.security.is_none() && b.security.is_none());
+            }
+        }
+
+        #[test]
+        fn a_refused_key_is_named_on_both_sides_whichever_side_refuses() {
+            use crate::core::crypto::{NoiseConfig, StaticKeypair, TrustedKeys};
+            use std::sync::Arc;
+            use zeroize::Zeroizing;
+            let key = |b: u8| Arc::new(StaticKeypair::from_private(Zeroizing::new([b; 32])));
+            let trusting = |own: u8, trusted: u8| {
+                let list: TrustedKeys = [key(trusted).public()].into_iter().collect();
+                HandshakeConfig::Noise(
+                    NoiseConfig::new(key(own), None, Some(Arc::new(list))).unwrap(),
+                )
+            };
+            // The dialler (key 1) refuses the acceptor's key 2 after message
+            // 2; then the acceptor refuses the dialler's key after message 3,
+            // when the dialler has already finished its side.
+            for (dialler, acceptor, refused) in [
+                (trusting(1, 3), trusting(2, 1), 2),
+                (trusting(1, 2), trusting(2, 3), 1),
+            ] {
+                let (mut a, mut b) = pair(dialler, acceptor);
+                let (ea, eb) = pump(&mut a, &mut b);
+                let (refuser, refusee) = if refused == 2 { (&ea, &eb) } else { (&eb, &ea) };
+                assert_eq!(
+                    closed(refuser),
+                    Some(CloseReason::Handshake(HandshakeError::UntrustedKey(
+                        key(refused).public()
+                    ))),
+                    "{ea:?} {eb:?}"
+                );
+                assert_eq!(
+                    closed(refusee),
+                    Some(CloseReason::Handshake(HandshakeError::KeyRefused(
+                        key(refused).public()
+                    ))),
+                    "{ea:?} {eb:?}"
+                );
             }
         }
     }

@@ -48,6 +48,10 @@ pub enum ChannelError {
     /// An earlier error ended the channel.
     #[error("control channel already failed")]
     Failed,
+    /// The peer refused this node's key after the handshake (a zero
+    /// length and a reason code, `handshake::KEY_REFUSAL`).
+    #[error("the peer refused the handshake (reason code {0})")]
+    Refused(u8),
 }
 
 /// Encrypts and decrypts the control stream of one connection.
@@ -163,6 +167,12 @@ impl SecureChannel {
                 break Ok(());
             };
             let len = usize::from(u16::from_be_bytes(*prefix));
+            if len == 0 {
+                match rest.get(LENGTH_PREFIX) {
+                    Some(&code) => break Err(ChannelError::Refused(code)),
+                    None => break Ok(()),
+                }
+            }
             if len < TAG_LEN {
                 break Err(ChannelError::Malformed(len));
             }

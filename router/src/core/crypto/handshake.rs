@@ -57,6 +57,14 @@ const MODE_NOISE: u8 = 1;
 const FLAG_PSK: u8 = 0b1;
 const VERDICT_PROCEED: u8 = 0;
 const VERDICT_PASSWORD_MISMATCH: u8 = 1;
+/// A refusal's reason: "your static key is not in my trusted keys".
+pub const REFUSAL_UNTRUSTED_KEY: u8 = 1;
+/// What a side sends, in place of its next Noise message or first
+/// record, when it refuses the peer's static key: a zero length (never
+/// valid for either) and the reason.
+pub const KEY_REFUSAL: [u8; REFUSAL_LEN] = [0, 0, REFUSAL_UNTRUSTED_KEY];
+/// Length of a refusal.
+pub const REFUSAL_LEN: usize = 3;
 /// Length of the receiver index in the payloads of messages 2 and 3.
 const INDEX_LEN: usize = 4;
 const DATA_I2R_LABEL: &[u8] = b"weft data i2r v1";
@@ -177,6 +185,12 @@ pub enum HandshakeError {
     /// The peer's static key is not in the trusted-keys list.
     #[error("authentication failed: key {0} is not in trusted keys")]
     UntrustedKey(PublicKey),
+    /// The peer refused this node's static key (ours, in the message).
+    #[error(
+        "authentication failed: the peer does not list this node's key {0} \
+         in its trusted keys (add the key there, or start this node with a listed --key-file)"
+    )]
+    KeyRefused(PublicKey),
     /// A Noise message failed to decrypt.
     #[error("authentication failed: password mismatch or tampering")]
     DecryptFailed,
@@ -210,6 +224,7 @@ impl HandshakeError {
             HandshakeError::PeerHasNoPassword => "peer_has_no_password",
             HandshakeError::PeerRequiresPassword => "peer_requires_password",
             HandshakeError::UntrustedKey(_) => "untrusted_key",
+            HandshakeError::KeyRefused(_) => "key_refused",
             HandshakeError::UnsupportedVersion(_) => "version_mismatch",
             HandshakeError::Rejected(_) => "rejected",
             HandshakeError::Malformed(_) | HandshakeError::OutOfOrder(_) => "protocol_error",
@@ -401,6 +416,9 @@ impl Handshake {
                         && let Some(trusted) = &config.trusted
                         && !trusted.contains(&remote)
                     {
+                        // Say why before closing, so the peer's operator
+                        // need not guess from a bare disconnect.
+                        self.farewell = KEY_REFUSAL.to_vec();
                         return Err(HandshakeError::UntrustedKey(remote));
                     }
                     let index = self.local_index.to_be_bytes();
@@ -540,7 +558,18 @@ impl Handshake {
             return Ok(None);
         };
         let len = usize::from(u16::from_be_bytes(*prefix));
-        if len == 0 || len > MAX_NOISE_MESSAGE {
+        if len == 0 {
+            // A refusal: only a responder that sent message 2 (and with it
+            // its key) can be refused at this point.
+            let Some(&code) = self.input.get(2) else {
+                return Ok(None);
+            };
+            return Err(match (self.role, self.noise_config()) {
+                (Role::Responder, Some(config)) => refusal_error(code, config.public_key()),
+                _ => HandshakeError::Malformed("refusal before message 2"),
+            });
+        }
+        if len > MAX_NOISE_MESSAGE {
             return Err(HandshakeError::Malformed(
                 "noise message length out of range",
             ));
@@ -630,6 +659,15 @@ impl Hello {
             b[4..].copy_from_slice(&id.0);
         }
         b
+    }
+}
+
+/// What the peer's refusal with `code` means for a node whose key is
+/// `ours`.
+pub fn refusal_error(code: u8, ours: PublicKey) -> HandshakeError {
+    match code {
+        REFUSAL_UNTRUSTED_KEY => HandshakeError::KeyRefused(ours),
+        other => HandshakeError::Rejected(other),
     }
 }
 
@@ -813,7 +851,10 @@ pub(crate) mod tests {
                             to_r.extend(after);
                             ie = Some(End::Done(outcome, leftover));
                         }
-                        Err(e) => ie = Some(End::Failed(e)),
+                        Err(e) => {
+                            to_r.extend(ini.take_farewell());
+                            ie = Some(End::Failed(e));
+                        }
                     }
                 }
             }
@@ -978,9 +1019,40 @@ pub(crate) mod tests {
             keypair(2).public()
         );
         assert_eq!(failed(i), expected);
-        // The initiator stopped after message 2, so the responder waits
-        // (until the connection closes).
-        assert!(matches!(r, End::Pending));
+        // The initiator refused instead of sending message 3, and the
+        // responder says whose key.
+        assert_eq!(
+            failed(r),
+            format!(
+                "authentication failed: the peer does not list this node's key {} in its \
+                 trusted keys (add the key there, or start this node with a listed --key-file)",
+                keypair(2).public()
+            )
+        );
+    }
+
+    #[test]
+    fn refusal_bytes_and_where_they_are_accepted() {
+        assert_eq!(KEY_REFUSAL, [0, 0, 1]);
+        let ours = keypair(2).public();
+        assert_eq!(refusal_error(1, ours), HandshakeError::KeyRefused(ours));
+        assert_eq!(refusal_error(9, ours), HandshakeError::Rejected(9));
+        // An initiator is refused only once the responder knows its key,
+        // which is after the handshake: before, a refusal is malformed.
+        let mut ini = Handshake::new(Role::Initiator, with_keys(1, &[2]), 11);
+        ini.start().unwrap();
+        let mut hello_r = Hello {
+            mode: MODE_NOISE,
+            psk: None,
+            verdict: VERDICT_PROCEED,
+        }
+        .emit()
+        .to_vec();
+        hello_r.extend(KEY_REFUSAL);
+        assert_eq!(
+            ini.handle_bytes(&hello_r).err(),
+            Some(HandshakeError::Malformed("refusal before message 2"))
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use channel::{ChannelError, ChannelRekeys, SecureChannel};
 pub use data::{DataError, DataKeys, DataLimits, DataSession, DataStats, SealError};
 pub use handshake::{
     Established, Handshake, HandshakeConfig, HandshakeError, HandshakeOutcome, HandshakeProgress,
-    NoiseConfig, PskSet, Role,
+    NoiseConfig, PskSet, Role, refusal_error,
 };
 pub use kdf::{KdfError, KdfParams, Psk, PskId};
 pub use keys::{KeyFileError, PublicKey, StaticKeypair, TrustedKeys};
