@@ -319,19 +319,19 @@ fn setup_creates_then_adopts_and_teardown_removes_everything() {
         assert_eq!(tap.send(&frame).unwrap(), frame.len());
         assert_eq!(rx_packets("weft-tap").await, before + 1);
 
-        host::teardown("weft", "weft-tap").await.unwrap();
+        host::remove_all("weft", "weft-tap", &[]).await.unwrap();
         assert!(state("weft").await.is_none(), "the bridge is gone");
         assert!(state("weft-tap").await.is_none(), "the TAP is gone");
-        host::teardown("weft", "weft-tap").await.unwrap();
-        second.teardown().await.unwrap();
+        host::remove_all("weft", "weft-tap", &[]).await.unwrap();
+        second.undo().await.unwrap();
     });
 }
 
 /// The data plane reads the TAP from a thread blocked in `recv`; stopping
 /// the router deletes the device, which must wake that thread with an
-/// error rather than leave it blocked for ever.
+/// error rather than leave it blocked for ever. The bridge stays.
 #[test]
-fn teardown_wakes_a_thread_blocked_reading_the_tap() {
+fn release_wakes_a_thread_blocked_reading_the_tap_and_keeps_the_bridge() {
     in_private_netns(|| async {
         let mut net = host::setup("weft", "weft-tap", MTU).await.unwrap();
         let tap = net.take_tap().unwrap();
@@ -349,13 +349,17 @@ fn teardown_wakes_a_thread_blocked_reading_the_tap() {
             let _ = tx.send(result.raw_os_error());
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        net.teardown().await.unwrap();
+        net.release().await.unwrap();
         let errno = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("the reader wakes up when the TAP is deleted");
         reader.join().unwrap();
         assert!(errno.is_some(), "an OS error");
         assert!(state("weft-tap").await.is_none());
+        assert!(
+            state("weft").await.is_some(),
+            "a stopping router leaves the bridge to its containers"
+        );
     });
 }
 
@@ -381,11 +385,16 @@ fn a_bridge_left_with_stp_on_is_adopted_and_fixed() {
         let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
         assert!(!net.created_bridge);
         assert_host_net("weft", "weft-tap", &net).await;
-        net.teardown().await.unwrap();
-        assert!(
-            state("weft").await.is_none(),
-            "an adopted bridge is removed too"
-        );
+        // Undoing a failed start leaves an adopted bridge (containers may
+        // hold on to it) and removes one the start created.
+        net.undo().await.unwrap();
+        assert!(state("weft").await.is_some(), "the adopted bridge stays");
+        assert!(state("weft-tap").await.is_none());
+        host::remove_all("weft", "weft-tap", &[]).await.unwrap();
+        let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        assert!(net.created_bridge);
+        net.undo().await.unwrap();
+        assert!(state("weft").await.is_none(), "the created bridge is gone");
     });
 }
 
@@ -485,7 +494,7 @@ fn attach_ps_detach_and_restore_after_a_restart() {
 
         // A restart: the bridge goes, the veth stays; the next router
         // reads the file and puts the veth back on the new bridge.
-        net.teardown().await.unwrap();
+        net.undo().await.unwrap();
         assert_eq!(state(&info.host_ifname).await.unwrap().controller, None);
         let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
         let attachments = Attachments::load("weft", MTU, Some(file.clone())).unwrap();
@@ -521,7 +530,7 @@ fn attach_ps_detach_and_restore_after_a_restart() {
             .unwrap();
         assert_eq!(info.netns, Netns::Pid(pid));
         assert_eq!(attachments.list().await.unwrap(), [info]);
-        net.teardown().await.unwrap();
+        net.undo().await.unwrap();
     });
     drop(c1);
 }
@@ -573,7 +582,7 @@ fn a_failed_attach_leaves_nothing_behind() {
             .unwrap_err();
         assert!(matches!(e, AttachError::NoProcess { .. }), "{e}");
         assert!(links_of_kind("veth").await.is_empty());
-        net.teardown().await.unwrap();
+        net.undo().await.unwrap();
     });
     drop(c1);
 }
@@ -675,15 +684,15 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
 
         shutdown.cancel();
         task.await.unwrap().unwrap();
-        assert!(state("br-weft").await.is_none(), "stop removes the bridge");
-        assert!(state("tap-weft").await.is_none(), "and the TAP");
+        assert!(state("br-weft").await.is_some(), "stop leaves the bridge");
+        assert!(state("tap-weft").await.is_none(), "and removes the TAP");
     });
     drop(c1);
 }
 
 /// The `weft` CLI as a person uses it, the router in a namespace of its
-/// own: launch, attach, ps, stop, launch again (the container is put back
-/// on the bridge), detach, stop.
+/// own: launch, attach, ps, stop (the container stays on the bridge),
+/// launch again (which adopts it), detach, stop.
 #[test]
 fn cli_attach_survives_a_router_restart() {
     require_root();
@@ -740,19 +749,28 @@ fn cli_attach_survives_a_router_restart() {
     );
     assert!(home.join("attachments.json").exists());
 
+    let bridge = in_router("weft").expect("the router made its bridge");
+    let host_end = row.split_whitespace().nth(4).unwrap();
     let (ok, out) = weft(&["stop"]);
     assert!(ok, "{out}");
-    assert!(in_router("weft").is_none(), "stop removes the bridge");
-    assert!(in_router("weft-tap").is_none());
-
-    let (ok, out) = weft(&launch);
-    assert!(ok, "{out}");
-    let bridge = in_router("weft").expect("the bridge is back");
-    let host_end = row.split_whitespace().nth(4).unwrap();
+    assert!(in_router("weft-tap").is_none(), "stop removes the TAP");
     assert_eq!(
         in_router(host_end).expect("the veth survived").controller,
         Some(bridge.index),
-        "the restarted router put the container back on the bridge"
+        "stop leaves the container plugged into the bridge"
+    );
+
+    let (ok, out) = weft(&launch);
+    assert!(ok, "{out}");
+    assert_eq!(
+        in_router("weft").expect("the bridge is there").index,
+        bridge.index,
+        "the restarted router adopted the bridge"
+    );
+    assert_eq!(
+        in_router(host_end).expect("the veth survived").controller,
+        Some(bridge.index),
+        "the container is still on the bridge"
     );
 
     let (ok, out) = weft(&["detach", "--netns", &c1.name]);

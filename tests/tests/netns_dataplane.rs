@@ -670,6 +670,47 @@ fn restarted_router_adopts_its_bridge_and_traffic_returns() -> Result<()> {
 }
 
 #[test]
+fn a_stopped_router_leaves_its_bridge_so_local_containers_keep_talking() -> Result<()> {
+    let _serial = serial();
+    let start = Instant::now();
+    let mut net = pair(&nothing)?;
+    let result = (|| {
+        // A second container on h1, beside c1.
+        net.attach("h1", &c(3), &[&format!("{}/24", overlay(3))])?;
+        let net = &net;
+        wait_ping(net, 1, 3)?;
+        wait_ping(net, 1, 2)?;
+        let (bridge, _) = link_info(net, "h1", "weft")?;
+
+        let out = net.weft("h1", &["stop"])?;
+        ensure!(out.status.success(), "weft stop failed: {}", out.stderr);
+        let ports = bridge_ports(net, "h1", "weft")?;
+        eprintln!("h1 stopped: bridge weft ports {ports:?}");
+        ensure!(
+            ports.len() == 2 && !ports.iter().any(|p| p == "weft-tap"),
+            "after stop h1's bridge should hold both containers' veths and no TAP: {ports:?}"
+        );
+        ping_all(net, 1, 3, 3)?;
+        ensure!(
+            !ping(net, 1, &overlay(2), 1)?.status.success(),
+            "c1 reached c2 on another host with h1's router stopped"
+        );
+
+        net.launch("h1", &HEARTBEAT)?;
+        let (bridge_after, _) = link_info(net, "h1", "weft")?;
+        ensure!(
+            bridge_after == bridge,
+            "the relaunched router should adopt its bridge (ifindex {bridge}), not {bridge_after}"
+        );
+        wait_ping(net, 1, 2)?;
+        ping_all(net, 3, 2, 3)?;
+        ping_all(net, 1, 3, 3)
+    })();
+    eprintln!("scenario took {:?}", start.elapsed());
+    net.with_evidence(result)
+}
+
+#[test]
 fn small_underlay_mtu_is_discovered_and_bulk_tcp_still_works() -> Result<()> {
     const UNDERLAY_MTU: u32 = 1200;
     // The outer IPv4 and UDP headers.

@@ -197,7 +197,7 @@ pub async fn run(
                     stop.cancel();
                     api_stop.cancel();
                     if let Some(net) = host_net
-                        && let Err(te) = net.teardown().await
+                        && let Err(te) = net.undo().await
                     {
                         warn!(error = %te, "could not remove the bridge and TAP device");
                     }
@@ -233,9 +233,9 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || dp.stop()).await;
     }
     if let Some(net) = host_net
-        && let Err(e) = net.teardown().await
+        && let Err(e) = net.release().await
     {
-        warn!(error = %e, "could not remove the bridge and TAP device");
+        warn!(error = %e, "could not remove the TAP device");
     }
     drop(config.home);
     api_stop.cancel();

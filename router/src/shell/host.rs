@@ -180,7 +180,7 @@ pub struct HostNet {
     pub tap_mac: Mac,
     /// The open TAP device, until the data plane takes it with
     /// [`HostNet::take_tap`]. The device lives as long as a descriptor of
-    /// it is open, or until [`teardown`] deletes it, which wakes a thread
+    /// it is open, or until [`HostNet::release`] deletes it, which wakes a thread
     /// blocked reading it with an error (`EFAULT`).
     pub tap: Option<SyncDevice>,
 }
@@ -204,12 +204,35 @@ impl HostNet {
         self.tap.take()
     }
 
-    /// Removes the TAP device and the bridge; see [`teardown`].
-    pub async fn teardown(mut self) -> Result<(), HostError> {
+    /// Undoes a start that failed half-way: removes the TAP device, and
+    /// the bridge if this run created it (an adopted one may hold
+    /// containers).
+    pub async fn undo(self) -> Result<(), HostError> {
+        let created = self.created_bridge;
+        let bridge = self.bridge.clone();
+        self.release().await?;
+        if created {
+            Netlink::open()?.delete_link(&bridge).await?;
+            info!(bridge, "bridge removed");
+        }
+        Ok(())
+    }
+
+    /// A router that stops removes its TAP device and leaves the bridge:
+    /// containers stay plugged in and keep reaching each other on this
+    /// host, and the next launch adopts the bridge. `weft reset` removes
+    /// it.
+    pub async fn release(mut self) -> Result<(), HostError> {
         // Closing our descriptor removes a non-persistent TAP by itself;
-        // `teardown` also covers one the data plane still holds open.
+        // deleting it also covers one the data plane still holds open.
         drop(self.tap.take());
-        teardown(&self.bridge, &self.tap_name).await
+        Netlink::open()?.delete_link(&self.tap_name).await?;
+        info!(
+            bridge = %self.bridge,
+            tap = %self.tap_name,
+            "TAP device removed; the bridge stays with its containers (weft reset removes it)"
+        );
+        Ok(())
     }
 }
 
@@ -370,17 +393,6 @@ async fn setup_tap(
     let mac = link_mac(&link).unwrap_or(Mac([0; 6]));
     debug!(tap = tap_name, index = tap_index, %mac, "TAP device created");
     Ok((tap, tap_index, mac))
-}
-
-/// Removes the TAP device and the bridge (also an adopted one: weft owns
-/// it). What is already gone is skipped, so this can be called any number
-/// of times.
-pub async fn teardown(bridge: &str, tap_name: &str) -> Result<(), HostError> {
-    let nl = Netlink::open()?;
-    nl.delete_link(tap_name).await?;
-    nl.delete_link(bridge).await?;
-    info!(bridge, tap = tap_name, "host network removed");
-    Ok(())
 }
 
 /// `weft reset`: removes the TAP device, the bridge and the given host ends
