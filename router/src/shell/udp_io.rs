@@ -369,8 +369,11 @@ impl SendBatch {
     pub fn flush(&mut self, sock: &UdpSocket, report: &mut SendReport) {
         let mut plan = Vec::with_capacity(self.len);
         runs(&self.bufs[..self.len], &self.addrs, self.gso, &mut plan);
-        let names: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-            self.addrs.iter().map(to_storage).collect();
+        // One address per run: a 64 KB train is one run of ~46 datagrams.
+        let names: Vec<(libc::sockaddr_storage, libc::socklen_t)> = plan
+            .iter()
+            .map(|run| to_storage(&self.addrs[run.start]))
+            .collect();
         let mut iovs: Vec<libc::iovec> = self.bufs[..self.len]
             .iter()
             .map(|b| libc::iovec {
@@ -384,9 +387,8 @@ impl SendBatch {
             (0..plan.len()).map(|_| unsafe { mem::zeroed() }).collect();
         for (k, run) in plan.iter().enumerate() {
             let h = &mut hdrs[k].msg_hdr;
-            h.msg_name =
-                (&names[run.start].0 as *const libc::sockaddr_storage) as *mut libc::c_void;
-            h.msg_namelen = names[run.start].1;
+            h.msg_name = (&names[k].0 as *const libc::sockaddr_storage) as *mut libc::c_void;
+            h.msg_namelen = names[k].1;
             h.msg_iov = &mut iovs[run.start];
             h.msg_iovlen = run.count as _;
             if run.count > 1 {
