@@ -335,23 +335,10 @@ impl Attachments {
     /// `file` if it exists (and saved there on every change).
     pub fn load(bridge: &str, mtu: u32, file: Option<PathBuf>) -> Result<Self, AttachError> {
         let records = match &file {
-            Some(path) => match std::fs::read(path) {
-                Ok(bytes) => {
-                    serde_json::from_slice(&bytes).map_err(|error| AttachError::BadFile {
-                        path: path.clone(),
-                        error,
-                    })?
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(error) => {
-                    return Err(HomeError::Io {
-                        action: "read",
-                        path: path.clone(),
-                        error,
-                    }
-                    .into());
-                }
-            },
+            Some(path) => home::read_list(path, |error| AttachError::BadFile {
+                path: path.clone(),
+                error,
+            })?,
             None => Vec::new(),
         };
         Ok(Self {
@@ -634,13 +621,7 @@ impl Attachments {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        let mut json = serde_json::to_vec_pretty(records).map_err(|e| HomeError::Io {
-            action: "encode attachments for",
-            path: path.clone(),
-            error: e.into(),
-        })?;
-        json.push(b'\n');
-        home::write_atomically(path, &json)?;
+        home::save_list(path, "encode attachments for", records)?;
         Ok(())
     }
 }

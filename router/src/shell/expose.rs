@@ -67,23 +67,10 @@ impl Exposed {
     /// Reads the persisted addresses, if a file is given and exists.
     pub fn load(bridge: &str, file: Option<PathBuf>) -> Result<Self, ExposeError> {
         let cidrs = match &file {
-            Some(path) => match std::fs::read(path) {
-                Ok(bytes) => {
-                    serde_json::from_slice(&bytes).map_err(|error| ExposeError::BadFile {
-                        path: path.clone(),
-                        error,
-                    })?
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(error) => {
-                    return Err(HomeError::Io {
-                        action: "read",
-                        path: path.clone(),
-                        error,
-                    }
-                    .into());
-                }
-            },
+            Some(path) => home::read_list(path, |error| ExposeError::BadFile {
+                path: path.clone(),
+                error,
+            })?,
             None => Vec::new(),
         };
         Ok(Self {
@@ -200,13 +187,7 @@ impl Exposed {
 
     fn store(&self, cidrs: Vec<Cidr>) -> Result<(), ExposeError> {
         if let Some(path) = &self.file {
-            let mut json =
-                serde_json::to_vec_pretty(&cidrs).map_err(|error| ExposeError::BadFile {
-                    path: path.clone(),
-                    error,
-                })?;
-            json.push(b'\n');
-            home::write_atomically(path, &json)?;
+            home::save_list(path, "encode exposed addresses for", &cidrs)?;
         }
         match self.cidrs.lock() {
             Ok(mut current) => *current = cidrs,

@@ -17,6 +17,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::core::identity::{IdentityError, PeerName};
 
 /// How long opening a home waits for a previous router's lock to go.
@@ -231,24 +234,47 @@ pub fn targets_path(dir: &Path) -> PathBuf {
     dir.join(TARGETS_FILE)
 }
 
+/// Reads a JSON list [`save_list`] wrote; no file means an empty list.
+/// `bad` makes the error for a file that holds no such list.
+pub(crate) fn read_list<T: DeserializeOwned, E: From<HomeError>>(
+    path: &Path,
+    bad: impl FnOnce(serde_json::Error) -> E,
+) -> Result<Vec<T>, E> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(bad),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(HomeError::Io {
+            action: "read",
+            path: path.to_owned(),
+            error,
+        }
+        .into()),
+    }
+}
+
+/// Saves `list` as pretty-printed JSON, atomically; `what` names the list
+/// in an error ("targets").
+pub(crate) fn save_list<T: Serialize>(
+    path: &Path,
+    what: &'static str,
+    list: &[T],
+) -> Result<(), HomeError> {
+    let mut json = serde_json::to_vec_pretty(list).map_err(|e| HomeError::Io {
+        action: what,
+        path: path.to_owned(),
+        error: e.into(),
+    })?;
+    json.push(b'\n');
+    write_atomically(path, &json)
+}
+
 /// Reads the targets [`save_targets`] wrote; no file means none.
 pub fn load_targets(path: &Path) -> Result<Vec<PeerAddr>, HomeError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => {
-            return Err(HomeError::Io {
-                action: "read",
-                path: path.to_owned(),
-                error,
-            });
-        }
-    };
     let bad = |why: String| HomeError::BadTargets {
         path: path.to_owned(),
         why,
     };
-    let list: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let list: Vec<String> = read_list(path, |e| bad(e.to_string()))?;
     list.iter()
         .map(|t| {
             t.parse()
@@ -293,13 +319,7 @@ pub fn reset(dir: &Path) -> Result<Vec<PathBuf>, HomeError> {
 /// Persists the user's targets as a JSON array of `HOST:PORT` strings.
 pub fn save_targets(path: &Path, targets: &[PeerAddr]) -> Result<(), HomeError> {
     let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
-    let mut json = serde_json::to_vec_pretty(&list).map_err(|e| HomeError::Io {
-        action: "encode targets for",
-        path: path.to_owned(),
-        error: e.into(),
-    })?;
-    json.push(b'\n');
-    write_atomically(path, &json)
+    save_list(path, "encode targets for", &list)
 }
 
 /// Writes via a temporary file and a rename, so a crash never leaves a
