@@ -31,7 +31,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -542,14 +542,73 @@ fn tap_write_failed(shared: &Shared) {
         .fetch_add(1, Ordering::Relaxed);
 }
 
-fn record(shared: &Shared, report: &mut SendReport) {
-    let c = &shared.counters;
-    c.udp_too_big
-        .fetch_add(report.too_big as u64, Ordering::Relaxed);
-    c.udp_send_failed
-        .fetch_add(report.failed as u64, Ordering::Relaxed);
-    c.bytes_sent.fetch_add(report.bytes, Ordering::Relaxed);
-    *report = SendReport::default();
+/// What a data-plane thread keeps from batch to batch for sending: the
+/// datagrams queued, what sending them came to, and where messages are
+/// sealed.
+struct Sender {
+    batch: SendBatch,
+    report: SendReport,
+    message: Vec<u8>,
+}
+
+impl Sender {
+    fn new() -> Self {
+        Sender {
+            batch: SendBatch::default(),
+            report: SendReport::default(),
+            message: Vec::with_capacity(fragments::MAX_MESSAGE),
+        }
+    }
+
+    /// Queues one batch's datagrams with the tables locked for it.
+    fn out<'a>(
+        &'a mut self,
+        shared: &'a Shared,
+        tables: (&'a Neighbours, &'a Sessions),
+        now: Instant,
+    ) -> Out<'a> {
+        Out {
+            shared,
+            neighbours: tables.0,
+            sessions: tables.1,
+            now,
+            batch: &mut self.batch,
+            report: &mut self.report,
+            message: &mut self.message,
+        }
+    }
+
+    /// Sends what is queued (with the tables unlocked) and publishes what
+    /// it came to.
+    fn flush(&mut self, shared: &Shared) {
+        self.batch.flush(&shared.udp, &mut self.report);
+        let c = &shared.counters;
+        let report = std::mem::take(&mut self.report);
+        c.udp_too_big
+            .fetch_add(report.too_big as u64, Ordering::Relaxed);
+        c.udp_send_failed
+            .fetch_add(report.failed as u64, Ordering::Relaxed);
+        c.bytes_sent.fetch_add(report.bytes, Ordering::Relaxed);
+    }
+}
+
+/// The forwarder, neighbours and sessions, locked for one batch; `None`
+/// once a panic elsewhere poisoned one (the thread then stops).
+fn lock_tables(
+    shared: &Shared,
+) -> Option<(
+    MutexGuard<'_, Forwarder>,
+    RwLockReadGuard<'_, Neighbours>,
+    RwLockReadGuard<'_, Sessions>,
+)> {
+    match (
+        shared.fwd.lock(),
+        shared.neighbours.read(),
+        shared.sessions.read(),
+    ) {
+        (Ok(fwd), Ok(neighbours), Ok(sessions)) => Some((fwd, neighbours, sessions)),
+        _ => None,
+    }
 }
 
 fn tap_loop(shared: &Shared) {
@@ -557,11 +616,9 @@ fn tap_loop(shared: &Shared) {
     let mut bufs: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; MAX_BLOB]).collect();
     let mut lens = [0usize; TAP_BATCH];
     let mut batcher = Batcher::new();
-    let mut send = SendBatch::default();
-    let mut report = SendReport::default();
+    let mut sender = Sender::new();
     let mut hops: Vec<PeerName> = Vec::new();
     let mut scratch: Vec<u8> = Vec::with_capacity(2048);
-    let mut message: Vec<u8> = Vec::with_capacity(fragments::MAX_MESSAGE);
     let mut frame_id: u32 = 0;
     let mut last_sweep = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -602,22 +659,10 @@ fn tap_loop(shared: &Shared) {
             .bytes_from_tap
             .fetch_add(read as u64, Ordering::Relaxed);
         let now = Instant::now();
-        let (Ok(mut fwd), Ok(neighbours), Ok(sessions)) = (
-            shared.fwd.lock(),
-            shared.neighbours.read(),
-            shared.sessions.read(),
-        ) else {
+        let Some((mut fwd, neighbours, sessions)) = lock_tables(shared) else {
             return;
         };
-        let mut out = Out {
-            shared,
-            neighbours: &neighbours,
-            sessions: &sessions,
-            now,
-            batch: &mut send,
-            report: &mut report,
-            message: &mut message,
-        };
+        let mut out = sender.out(shared, (&neighbours, &sessions), now);
         for i in 0..n {
             let blob = &mut bufs[i][..lens[i]];
             let Some(frame_len) = blob.len().checked_sub(vnet::LEN) else {
@@ -687,8 +732,7 @@ fn tap_loop(shared: &Shared) {
         drop(fwd);
         drop(neighbours);
         drop(sessions);
-        send.flush(&shared.udp, &mut report);
-        record(shared, &mut report);
+        sender.flush(shared);
     }
 }
 
@@ -778,12 +822,10 @@ fn send_whole(
 
 fn udp_loop(shared: &Shared) {
     let mut batch = RecvBatch::default();
-    let mut send = SendBatch::default();
-    let mut report = SendReport::default();
+    let mut sender = Sender::new();
     let mut hops: Vec<PeerName> = Vec::new();
     let mut reassembler = Reassembler::new();
     let mut defragmenter = Defragmenter::new();
-    let mut message: Vec<u8> = Vec::with_capacity(fragments::MAX_MESSAGE);
     let mut last_sweep = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match udp_io::recv_batch(&shared.udp, &mut batch) {
@@ -803,22 +845,10 @@ fn udp_loop(shared: &Shared) {
         if n == 0 {
             continue;
         }
-        let (Ok(mut fwd), Ok(neighbours), Ok(sessions)) = (
-            shared.fwd.lock(),
-            shared.neighbours.read(),
-            shared.sessions.read(),
-        ) else {
+        let Some((mut fwd, neighbours, sessions)) = lock_tables(shared) else {
             return;
         };
-        let mut out = Out {
-            shared,
-            neighbours: &neighbours,
-            sessions: &sessions,
-            now,
-            batch: &mut send,
-            report: &mut report,
-            message: &mut message,
-        };
+        let mut out = sender.out(shared, (&neighbours, &sessions), now);
         // Byte counts of this batch, published once after it.
         let (mut received, mut relayed) = (0u64, 0u64);
         for (addr, raw) in batch.iter_mut() {
@@ -916,8 +946,7 @@ fn udp_loop(shared: &Shared) {
         drop(fwd);
         drop(neighbours);
         drop(sessions);
-        send.flush(&shared.udp, &mut report);
-        record(shared, &mut report);
+        sender.flush(shared);
         let c = &shared.counters;
         c.bytes_received.fetch_add(received, Ordering::Relaxed);
         c.bytes_relayed.fetch_add(relayed, Ordering::Relaxed);
