@@ -20,6 +20,7 @@
 //! Everything here needs root, `ip` (iproute2) and `nft` (nftables);
 //! [`Net::new`] fails with a message saying so rather than skipping.
 
+pub mod testbed;
 pub mod traffic;
 
 use std::collections::BTreeMap;

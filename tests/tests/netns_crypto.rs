@@ -13,9 +13,11 @@
 //!   (`replay_duplicate`), a copy with a flipped byte too (`auth_failed`),
 //!   and neither reaches the container;
 //! - a wrong password, a missing password and an unlisted key get no
-//!   session and a reason in the status of the side that can know it,
-//!   while the good peers keep talking;
-//! - a 100 MB transfer across many rekeys arrives intact;
+//!   session and a reason in the status of each side (an unlisted key is
+//!   named on both: the refused one on the side that refused it, its own
+//!   on the refused side), while the good peers keep talking;
+//! - a 100 MB transfer across many rekeys arrives intact, and the control
+//!   channels rekey without dropping their connection;
 //! - a 3-host mesh moves from password A to B while a ping runs, without
 //!   losing it, and then refuses a router that still uses A.
 //!
@@ -28,13 +30,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use weft_tests::capture::{self, Capture, UdpSink};
-use weft_tests::netns::{Net, Output, c, check_tools, h, overlay, serial, traffic::unix_ms};
-
-/// Faster failure detection than the defaults keeps the tests short.
-const HEARTBEAT: [&str; 4] = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "1s"];
-
-/// Time for the mesh to connect and every data path to become usable.
-const CONVERGE: Duration = Duration::from_secs(30);
+use weft_tests::netns::testbed::{
+    CONVERGE, Plan, data_path_usable, launch, nothing, ping, ping_all, testbed, wait_ping,
+};
+use weft_tests::netns::{Net, c, check_tools, h, overlay, serial, traffic::unix_ms};
 
 /// The traffic helper, built by cargo for this test.
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_weft-traffic");
@@ -44,75 +43,6 @@ const WEFT_PORT: u16 = 6783;
 
 /// Where markers are sent in a container.
 const MARKER_PORT: u16 = 9999;
-
-/// What a testbed looks like; see [`testbed`].
-struct Plan<'a> {
-    hosts: usize,
-    /// Underlay paths cut with nftables before any router starts.
-    cuts: &'a [(usize, usize)],
-    /// The peers each host is launched with.
-    peers: &'a dyn Fn(usize) -> Vec<usize>,
-    /// Extra `weft launch` flags per host.
-    flags: &'a dyn Fn(usize) -> Vec<String>,
-    /// Hosts that get a container.
-    containers: &'a [usize],
-    /// Host pairs that must end up directly connected with usable data
-    /// paths; containers on them must ping each other.
-    links: &'a [(usize, usize)],
-}
-
-/// Builds the hosts, cuts, launches the routers in order, attaches the
-/// containers and waits until every planned link carries data and the
-/// containers of linked (or relayed, with `all_ping`) hosts answer pings.
-fn testbed(plan: &Plan, all_ping: bool) -> Result<Net> {
-    check_tools(&[("ping", "-V", "iputils-ping")])?;
-    let names: Vec<String> = (1..=plan.hosts).map(h).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut net = Net::new(&refs)?;
-    for &(x, y) in plan.cuts {
-        net.cut(&h(x), &h(y))?;
-    }
-    for i in 1..=plan.hosts {
-        launch(&net, i, &(plan.peers)(i), &(plan.flags)(i))?;
-    }
-    for &i in plan.containers {
-        net.attach(&h(i), &c(i), &[&format!("{}/24", overlay(i))])?;
-    }
-    let took = net.wait_until("the planned links carry data", CONVERGE, || {
-        for &(x, y) in plan.links {
-            if !data_path_usable(&net, x, y)? || !data_path_usable(&net, y, x)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })?;
-    eprintln!("links ready in {took:?}");
-    let linked = |i: usize, j: usize| {
-        plan.links
-            .iter()
-            .any(|&(x, y)| (x, y) == (i, j) || (y, x) == (i, j))
-    };
-    for &i in plan.containers {
-        for &j in plan.containers {
-            if i != j && (all_ping || linked(i, j)) {
-                wait_ping(&net, i, j)?;
-            }
-        }
-    }
-    Ok(net)
-}
-
-/// Launches host `i`'s router with `peers` and `flags`.
-fn launch(net: &Net, i: usize, peers: &[usize], flags: &[String]) -> Result<()> {
-    let peers: Vec<String> = peers
-        .iter()
-        .map(|&p| net.host(&h(p)).addr.to_string())
-        .collect();
-    let mut args: Vec<&str> = HEARTBEAT.to_vec();
-    args.extend(flags.iter().map(String::as_str));
-    args.extend(peers.iter().map(String::as_str));
-    net.launch(&h(i), &args)
-}
 
 /// `weft report` on host `i`, as JSON (the encryption fields are read by
 /// name, as an operator's script would).
@@ -147,14 +77,6 @@ fn established(r: &Value, j: usize) -> bool {
         .any(|c| c["state"] == "established")
 }
 
-/// Whether host `i` has an established connection to host `j` whose UDP
-/// data path is usable.
-fn data_path_usable(net: &Net, i: usize, j: usize) -> Result<bool> {
-    Ok(connections_to(&report(net, i)?, j)
-        .iter()
-        .any(|c| c["state"] == "established" && c["data_path"]["usable"] == true))
-}
-
 /// A counter from a `weft report` map such as `handshake_failures`
 /// (missing = 0).
 fn count(v: &Value) -> u64 {
@@ -170,50 +92,6 @@ fn target_error(net: &Net, r: &Value, j: usize) -> Option<String> {
         .find(|t| t["address"].as_str().is_some_and(|a| a.starts_with(&addr)))?["last_error"]
         .as_str()
         .map(str::to_string)
-}
-
-fn wait_ping(net: &Net, from: usize, to: usize) -> Result<Duration> {
-    let took = net.wait_until(
-        &format!("{} answers a ping from {}", c(to), c(from)),
-        CONVERGE,
-        || Ok(ping(net, from, to, 1)?.status.success()),
-    )?;
-    eprintln!("{} reached {} in {took:?}", c(from), c(to));
-    Ok(took)
-}
-
-fn ping(net: &Net, from: usize, to: usize, count: u32) -> Result<Output> {
-    net.exec(
-        &c(from),
-        "ping",
-        &[
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &overlay(to),
-        ],
-        Duration::from_secs(10 + 2 * u64::from(count)),
-    )
-}
-
-/// Pings `count` times and fails unless every ping is answered.
-fn ping_all(net: &Net, from: usize, to: usize, count: u32) -> Result<()> {
-    let out = ping(net, from, to, count)?;
-    ensure!(
-        out.status.success()
-            && out
-                .stdout
-                .contains(&format!("{count} packets transmitted, {count} received")),
-        "ping from {} to {} lost packets:\n{}{}",
-        c(from),
-        c(to),
-        out.stdout,
-        out.stderr
-    );
-    Ok(())
 }
 
 /// Writes `content` to `name` in the topology's temp dir; returns the
@@ -332,17 +210,15 @@ fn weft_datagram_kinds(frames: &[capture::Frame]) -> (usize, usize, usize) {
 
 /// Two hosts with a container each; h2 dials h1; `flags` for both.
 fn pair(flags: &[String]) -> Result<Net> {
-    testbed(
-        &Plan {
-            hosts: 2,
-            cuts: &[],
-            peers: &|i| if i == 1 { vec![] } else { vec![1] },
-            flags: &|_| flags.to_vec(),
-            containers: &[1, 2],
-            links: &[(1, 2)],
-        },
-        true,
-    )
+    testbed(&Plan {
+        hosts: 2,
+        cuts: &[],
+        peers: &|i| if i == 1 { vec![] } else { vec![1] },
+        flags: &|_| flags.to_vec(),
+        containers: &[1, 2],
+        links: &[(1, 2)],
+        prepare: &nothing,
+    })
 }
 
 /// Each host's encryption mode and encrypted session count.
@@ -430,17 +306,15 @@ fn relayed_marker_is_hidden_on_both_hops_with_a_password() -> Result<()> {
         } else {
             vec![]
         };
-        let net = testbed(
-            &Plan {
-                hosts: 3,
-                cuts: &[(1, 3)],
-                peers: &|i| if i == 2 { vec![] } else { vec![2] },
-                flags: &|_| flags.clone(),
-                containers: &[1, 3],
-                links: &[(1, 2), (2, 3)],
-            },
-            true,
-        )?;
+        let net = testbed(&Plan {
+            hosts: 3,
+            cuts: &[(1, 3)],
+            peers: &|i| if i == 2 { vec![] } else { vec![2] },
+            flags: &|_| flags.clone(),
+            containers: &[1, 3],
+            links: &[(1, 2), (2, 3)],
+            prepare: &nothing,
+        })?;
         let result = (|| {
             print_modes(&net, 3)?;
             let r = report(&net, 1)?;
@@ -705,21 +579,19 @@ fn wrong_or_missing_password_gets_no_session_and_the_good_peers_keep_working() -
     let a = password("a");
     let b = password("b");
     let (fa, fb) = (TempFile::new("a", &a)?, TempFile::new("b", &b)?);
-    let net = testbed(
-        &Plan {
-            hosts: 4,
-            cuts: &[],
-            peers: &|i| if i == 1 { vec![] } else { vec![1] },
-            flags: &|i| match i {
-                1 | 2 => vec!["--password-file".into(), fa.path()],
-                3 => vec!["--password-file".into(), fb.path()],
-                _ => vec![],
-            },
-            containers: &[1, 2],
-            links: &[(1, 2)],
+    let net = testbed(&Plan {
+        hosts: 4,
+        cuts: &[],
+        peers: &|i| if i == 1 { vec![] } else { vec![1] },
+        flags: &|i| match i {
+            1 | 2 => vec!["--password-file".into(), fa.path()],
+            3 => vec!["--password-file".into(), fb.path()],
+            _ => vec![],
         },
-        true,
-    )?;
+        containers: &[1, 2],
+        links: &[(1, 2)],
+        prepare: &nothing,
+    })?;
     let result = (|| {
         net.wait_until(
             "h3 and h4 report why h1 refused them, and h1 counts both",
@@ -922,7 +794,7 @@ fn unlisted_key_scenario(net: &mut Net) -> Result<()> {
         report(net, 2)?["handshake_failures"]
     );
     ensure!(
-        !ping(net, 1, 2, 2)?.status.success(),
+        !ping(net, 1, &overlay(2), 2)?.status.success(),
         "c1 still reaches c2 after h2's key was removed"
     );
     for i in 1..=3 {
@@ -1040,17 +912,15 @@ fn password_rotation_across_three_hosts_loses_no_pings() -> Result<()> {
     let (file_a, file_b) = (TempFile::new("a", &a)?, TempFile::new("b", &b)?);
     let (fa, fb) = (file_a.path(), file_b.path());
     let all_pairs = [(1, 2), (1, 3), (2, 3)];
-    let net = testbed(
-        &Plan {
-            hosts: 3,
-            cuts: &[],
-            peers: &|i| (1..i).collect(),
-            flags: &|_| vec!["--password-file".into(), fa.clone()],
-            containers: &[1, 2, 3],
-            links: &all_pairs,
-        },
-        true,
-    );
+    let net = testbed(&Plan {
+        hosts: 3,
+        cuts: &[],
+        peers: &|i| (1..i).collect(),
+        flags: &|_| vec!["--password-file".into(), fa.clone()],
+        containers: &[1, 2, 3],
+        links: &all_pairs,
+        prepare: &nothing,
+    });
     let net = net?;
     let result = (|| {
         let ping = net.spawn(

@@ -28,116 +28,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use weft_tests::netns::{
-    Net, Output, Report, c, check_nothing_left, check_tools, h, overlay, serial, traffic::unix_ms,
+use weft_tests::netns::testbed::{
+    CONVERGE, HEARTBEAT, Plan, no_flags, nothing, ping, ping_all, testbed, wait_ping,
 };
-
-/// Faster failure detection than the defaults keeps the tests short, with
-/// margin for a loaded CI machine.
-const HEARTBEAT: [&str; 4] = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "1s"];
-
-/// Time for the mesh to connect and every data path to become usable.
-const CONVERGE: Duration = Duration::from_secs(30);
+use weft_tests::netns::{Net, c, check_nothing_left, h, overlay, serial, traffic::unix_ms};
 
 /// The traffic helper, built by cargo for this test.
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_weft-traffic");
 
 /// Where the broadcast and probe tests send UDP.
 const UDP_PORT: u16 = 9999;
-
-/// What a testbed looks like; see [`testbed`].
-struct Plan<'a> {
-    hosts: usize,
-    /// Underlay paths cut with nftables before any router starts.
-    cuts: &'a [(usize, usize)],
-    /// The peers each host is launched with (host 1 first).
-    peers: &'a dyn Fn(usize) -> Vec<usize>,
-    /// Hosts that get a container.
-    containers: &'a [usize],
-    /// Extra `weft launch` flags, for every host.
-    flags: &'a [&'a str],
-    /// Host pairs that must end up directly connected.
-    links: &'a [(usize, usize)],
-    /// Runs on the bare underlay, before any router starts.
-    prepare: &'a dyn Fn(&Net) -> Result<()>,
-}
-
-/// A [`Plan`] field for when nothing needs preparing.
-fn nothing(_: &Net) -> Result<()> {
-    Ok(())
-}
-
-/// Builds hosts `h1…hN`, cuts, launches the routers in order, attaches the
-/// containers and waits until every router reaches every other one, the
-/// planned links are up with usable data paths, and each container can
-/// ping every other one.
-fn testbed(plan: &Plan) -> Result<Net> {
-    check_tools(&[("ping", "-V", "iputils-ping")])?;
-    let names: Vec<String> = (1..=plan.hosts).map(h).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut net = Net::new(&refs)?;
-    for &(x, y) in plan.cuts {
-        net.cut(&h(x), &h(y))?;
-    }
-    (plan.prepare)(&net)?;
-    for i in 1..=plan.hosts {
-        launch(&net, i, plan)?;
-    }
-    for &i in plan.containers {
-        net.attach(&h(i), &c(i), &[&format!("{}/24", overlay(i))])?;
-    }
-    let took = net.wait_until(
-        "every router reaches every other one over usable data paths",
-        CONVERGE,
-        || {
-            for i in 1..=plan.hosts {
-                let r = net.report(&h(i))?;
-                if !(1..=plan.hosts).all(|j| j == i || r.reaches(&h(j))) {
-                    return Ok(false);
-                }
-            }
-            for &(x, y) in plan.links {
-                if !data_path_usable(&net.report(&h(x))?, &h(y))
-                    || !data_path_usable(&net.report(&h(y))?, &h(x))
-                {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        },
-    )?;
-    eprintln!("mesh ready in {took:?}");
-    for &i in plan.containers {
-        for &j in plan.containers {
-            if i != j {
-                wait_ping(&net, i, j)?;
-            }
-        }
-    }
-    Ok(net)
-}
-
-/// Launches the router of host `i` with the plan's flags and peers.
-fn launch(net: &Net, i: usize, plan: &Plan) -> Result<()> {
-    let peers: Vec<String> = (plan.peers)(i)
-        .into_iter()
-        .map(|p| net.host(&h(p)).addr.to_string())
-        .collect();
-    let mut args: Vec<&str> = HEARTBEAT.to_vec();
-    args.extend_from_slice(plan.flags);
-    args.extend(peers.iter().map(String::as_str));
-    net.launch(&h(i), &args)
-}
-
-/// Whether `r` has an established connection to `nick` whose UDP data
-/// path is usable.
-fn data_path_usable(r: &Report, nick: &str) -> bool {
-    r.0.connections.iter().any(|c| {
-        c.nickname.as_deref() == Some(nick)
-            && c.state == "established"
-            && c.data_path.as_ref().is_some_and(|d| d.usable)
-    })
-}
 
 /// Two hosts, each with a container; h2 is launched with h1 as its peer.
 fn pair(prepare: &dyn Fn(&Net) -> Result<()>) -> Result<Net> {
@@ -146,59 +46,10 @@ fn pair(prepare: &dyn Fn(&Net) -> Result<()>) -> Result<Net> {
         cuts: &[],
         peers: &|i| if i == 1 { vec![] } else { vec![1] },
         containers: &[1, 2],
-        flags: &[],
+        flags: &no_flags,
         links: &[(1, 2)],
         prepare,
     })
-}
-
-/// Waits until container `from` gets a reply to one ping to container
-/// `to` (ARP and MAC learning happen on the way).
-fn wait_ping(net: &Net, from: usize, to: usize) -> Result<Duration> {
-    let took = net.wait_until(
-        &format!("{} answers a ping from {}", c(to), c(from)),
-        CONVERGE,
-        || Ok(ping(net, from, &overlay(to), 1)?.status.success()),
-    )?;
-    eprintln!("{} reached {} in {took:?}", c(from), c(to));
-    Ok(took)
-}
-
-/// `ping -c count -W 2` from container `from`.
-fn ping(net: &Net, from: usize, to: &str, count: u32) -> Result<Output> {
-    net.exec(
-        &c(from),
-        "ping",
-        &["-c", &count.to_string(), "-i", "0.2", "-W", "2", to],
-        Duration::from_secs(10 + 2 * u64::from(count)),
-    )
-}
-
-/// Pings `count` times from container `from` to container `to` and fails
-/// unless every ping is answered.
-fn ping_all(net: &Net, from: usize, to: usize, count: u32) -> Result<()> {
-    let out = ping(net, from, &overlay(to), count)?;
-    eprintln!(
-        "ping {} -> {}: {}",
-        c(from),
-        c(to),
-        out.stdout
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or("(no summary)")
-    );
-    ensure!(
-        out.status.success()
-            && out
-                .stdout
-                .contains(&format!("{count} packets transmitted, {count} received")),
-        "ping from {} to {} lost packets:\n{}{}",
-        c(from),
-        c(to),
-        out.stdout,
-        out.stderr
-    );
-    Ok(())
 }
 
 /// The data-plane counters of host `i`'s router.
@@ -248,7 +99,7 @@ fn three_hosts_relay_through_h2() -> Result<()> {
         cuts: &[(1, 3)],
         peers: &|i| if i == 2 { vec![] } else { vec![2] },
         containers: &[1, 2, 3],
-        flags: &[],
+        flags: &no_flags,
         links: &[(1, 2), (2, 3)],
         prepare: &nothing,
     })?;
@@ -350,7 +201,7 @@ fn four_hosts_arp_and_broadcast_reach_every_container_once() -> Result<()> {
         cuts: &[],
         peers: &|i| if i == 1 { vec![] } else { vec![1] },
         containers: &[],
-        flags: &[],
+        flags: &no_flags,
         links: &all_pairs,
         prepare: &nothing,
     })?;
@@ -487,7 +338,7 @@ fn four_hosts_square_traffic_survives_killed_relay() -> Result<()> {
             _ => vec![2, 3],
         },
         containers: &[1, 4],
-        flags: &["--no-discovery"],
+        flags: &|_| vec!["--no-discovery".into()],
         links: &[(1, 2), (2, 4), (4, 3), (3, 1)],
         prepare: &nothing,
     })?;
