@@ -7,7 +7,7 @@
 //! clock, never blocks, and draws all randomness from a seeded RNG, so a
 //! simulation replays exactly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
@@ -180,6 +180,10 @@ pub struct Router {
     data_version: u64,
     /// Control-channel rekeys (our sending side) since start.
     control_rekeys: u64,
+    /// Where each peer last listened, as gossip or our own connections
+    /// told us; kept while the peer is in the topology, so discovery keeps
+    /// redialling a peer that went away until it is forgotten.
+    last_addrs: HashMap<PeerName, BTreeSet<PeerAddr>>,
 }
 
 /// What the data plane needs from the control plane: routes over
@@ -223,6 +227,7 @@ impl Router {
             next_full_gossip: first_gossip,
             stats: GossipStats::default(),
             control_rekeys: 0,
+            last_addrs: HashMap::new(),
             paths: HashMap::new(),
             udp_out: VecDeque::new(),
             data_version: 1,
@@ -1106,18 +1111,35 @@ impl Router {
         if self.config.discovery {
             let me = self.config.identity.name;
             let routes = self.topology.routes();
-            let mut found = BTreeMap::new();
+            // Where reachable peers' entries (ours included) say each
+            // reachable peer listens.
+            let mut seen: HashMap<PeerName, BTreeSet<PeerAddr>> = HashMap::new();
             for e in self.topology.peers().filter(|e| routes.reachable(e.name)) {
                 for c in &e.connections {
                     if c.peer != me
-                        && !self.by_peer.contains_key(&c.peer)
                         && routes.reachable(c.peer)
                         && let Some(addr) = c.addr
                     {
-                        found.insert(PeerAddr::from_socket(addr.into()), c.peer);
+                        seen.entry(c.peer)
+                            .or_default()
+                            .insert(PeerAddr::from_socket(addr.into()));
                     }
                 }
             }
+            // A peer that went away (a crash, a reboot) keeps the addresses
+            // it was last seen at, and is dialled there with backoff until
+            // the topology forgets it: it may come back without dialling
+            // anyone itself.
+            let topology = &self.topology;
+            self.last_addrs
+                .retain(|&peer, _| topology.get(peer).is_some());
+            self.last_addrs.extend(seen);
+            let found: BTreeMap<PeerAddr, PeerName> = self
+                .last_addrs
+                .iter()
+                .filter(|(peer, _)| !self.by_peer.contains_key(peer))
+                .flat_map(|(&peer, addrs)| addrs.iter().map(move |a| (a.clone(), peer)))
+                .collect();
             self.maker.set_discovered(now, found);
         }
         self.dial_due(now);

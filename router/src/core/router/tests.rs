@@ -20,6 +20,8 @@ struct Net {
     /// Largest UDP payload carried between a pair, when limited.
     udp_limit: HashMap<(usize, usize), usize>,
     closed: Vec<(usize, String)>,
+    /// Routers that crashed: nothing answers at their address.
+    down: Vec<usize>,
 }
 
 fn identity(i: u64, uid: u64) -> Identity {
@@ -52,6 +54,7 @@ impl Net {
             udp_blocked: Vec::new(),
             udp_limit: HashMap::new(),
             closed: Vec::new(),
+            down: Vec::new(),
         }
     }
 
@@ -89,6 +92,9 @@ impl Net {
         let Some(j) = self.addrs.iter().position(|a| *a == to) else {
             return;
         };
+        if self.down.contains(&j) {
+            return;
+        }
         let pair = (i.min(j), i.max(j));
         if self.blackholed.contains(&pair) || self.udp_blocked.contains(&pair) {
             return;
@@ -104,14 +110,14 @@ impl Net {
         let now = self.now;
         match action {
             Action::Dial { target } => match self.index_of(&target) {
-                Some(j) => {
+                Some(j) if !self.down.contains(&j) => {
                     let mine = self.routers[i].handle_dial_succeeded(now, &target, self.addrs[j]);
                     let src = SocketAddr::new(self.addrs[i].ip(), 40000 + mine as u16);
                     let theirs = self.routers[j].handle_inbound(now, src);
                     self.links.insert((i, mine), (j, theirs));
                     self.links.insert((j, theirs), (i, mine));
                 }
-                None => self.routers[i].handle_dial_failed(now, &target, "connection refused"),
+                _ => self.routers[i].handle_dial_failed(now, &target, "connection refused"),
             },
             Action::Send { conn, bytes } => {
                 if let Some(&(j, h)) = self.links.get(&(i, conn))
@@ -146,6 +152,33 @@ impl Net {
 
     fn established(&self, i: usize) -> Vec<PeerName> {
         self.routers[i].neighbours()
+    }
+
+    /// Router `i` dies: its peers see their connections reset, and nothing
+    /// answers at its address until [`Net::restart`].
+    fn crash(&mut self, i: usize) {
+        let now = self.now;
+        let theirs: Vec<(usize, ConnHandle)> = self
+            .links
+            .iter()
+            .filter(|(_, (j, _))| *j == i)
+            .map(|(&end, _)| end)
+            .collect();
+        for (j, h) in theirs {
+            if let Some(other) = self.links.remove(&(j, h)) {
+                self.links.remove(&other);
+            }
+            self.routers[j].handle_closed(now, h, "connection reset by peer");
+        }
+        self.down.push(i);
+        self.pump();
+    }
+
+    /// A new incarnation of router `i`, with `config`, at the same address.
+    fn restart(&mut self, i: usize, config: RouterConfig) {
+        self.routers[i] = Router::new(config, self.now);
+        self.down.retain(|&j| j != i);
+        self.pump();
     }
 }
 
@@ -538,6 +571,56 @@ fn a_narrow_path_gets_a_smaller_verified_pmtu() {
         .unwrap();
     assert!(dp.usable && dp.pmtu_verified, "{dp:?}");
     assert!(dp.pmtu <= 1200 && dp.pmtu > 1190, "{dp:?}");
+}
+
+#[test]
+fn a_neighbour_that_restarts_without_dialling_is_redialled_until_forgotten() {
+    let discovering = |i: u64, uid: u64| {
+        let mut c = config(identity(i, uid));
+        c.discovery = true;
+        c
+    };
+    let mut net = Net::new(vec![
+        discovering(1, 11),
+        discovering(2, 22),
+        discovering(3, 33),
+    ]);
+    // 2 and 3 dial 1; discovery connects 2 and 3 as well.
+    for i in [1, 2] {
+        let t = net.target(0);
+        net.routers[i].add_targets(net.now, [t]);
+    }
+    net.advance(Duration::from_secs(5));
+    let three = net.routers[2].identity().name;
+    for i in [0, 1] {
+        assert!(net.established(i).contains(&three), "{i}: {:?}", net.closed);
+    }
+
+    // 3 crashes and is back a few seconds later, dialling nobody: 1, which
+    // only ever had 3's inbound connection, and 2 both redial it.
+    net.crash(2);
+    net.advance(Duration::from_secs(3));
+    assert!(!net.established(0).contains(&three));
+    net.restart(2, discovering(3, 34));
+    net.advance(Duration::from_secs(10));
+    for i in [0, 1] {
+        assert!(
+            net.established(i).contains(&three),
+            "router {i} did not redial the restarted peer"
+        );
+    }
+
+    // Once the topology has forgotten it (gc_grace), nobody dials it.
+    net.crash(2);
+    net.advance(net.routers[0].config().gc_grace + Duration::from_secs(5));
+    let three_addr = net.addrs[2].to_string();
+    for i in [0, 1] {
+        let targets = net.routers[i].status(net.now).targets;
+        assert!(
+            targets.iter().all(|t| t.address != three_addr),
+            "router {i} still dials the forgotten peer: {targets:?}"
+        );
+    }
 }
 
 #[test]
