@@ -31,7 +31,7 @@ use crate::shell::client::{Client, ClientError};
 use crate::shell::crypto::CryptoSettings;
 use crate::shell::daemon::{self, DaemonConfig};
 use crate::shell::home::{self, DEFAULT_HOME, Home};
-use crate::shell::host::{self, DEFAULT_BRIDGE, DEFAULT_MTU, DEFAULT_TAP, HostConfig, MTU_RANGE};
+use crate::shell::host::{self, DEFAULT_BRIDGE, DEFAULT_MTU, HostConfig, MTU_RANGE};
 use crate::shell::http_api::{AttachRequest, DetachRequest};
 use crate::shell::preflight;
 use crate::shell::sockets::{self, Service};
@@ -321,7 +321,9 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
     /// Linux bridge that containers attach to; created, or adopted if it
-    /// exists, and removed when the router stops.
+    /// exists, and left in place when the router stops (`weft reset`
+    /// removes it). The TAP device is named after it: weft-tap for weft,
+    /// NAME-tap otherwise.
     #[arg(long, default_value = DEFAULT_BRIDGE, value_name = "NAME")]
     pub bridge: String,
     /// MTU of the bridge, the TAP device and attached interfaces.
@@ -475,7 +477,7 @@ impl LaunchArgs {
             }
             Some(HostConfig {
                 bridge: self.bridge.clone(),
-                tap: DEFAULT_TAP.into(),
+                tap: host::tap_name(&self.bridge),
                 mtu: self.mtu,
             })
         };
@@ -795,7 +797,11 @@ fn reset(args: &ResetArgs) -> Result<()> {
         Err(_) => Vec::new(),
     };
     let host_ifnames: Vec<String> = records.into_iter().map(|r| r.host_ifname).collect();
-    block_on(host::remove_all(&args.bridge, DEFAULT_TAP, &host_ifnames))??;
+    block_on(host::remove_all(
+        &args.bridge,
+        &host::tap_name(&args.bridge),
+        &host_ifnames,
+    ))??;
     let removed = home::reset(&home)?;
     println!(
         "weft reset: removed bridge {} and {} file{} from {}",
@@ -1220,7 +1226,7 @@ mod tests {
             plan.host,
             Some(HostConfig {
                 bridge: "br-test".into(),
-                tap: DEFAULT_TAP.into(),
+                tap: "br-test-tap".into(),
                 mtu: 9000
             })
         );

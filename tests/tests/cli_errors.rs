@@ -374,5 +374,5 @@ fn busy_ports_and_running_routers_are_named() -> Result<()> {
         fs::metadata(&first_home).is_ok(),
         "reset touched another router's home"
     );
-    nothing_left(&net, "solo", &["weftb", "weft-tap"], &home, &[])
+    nothing_left(&net, "solo", &["weftb", "weftb-tap"], &home, &[])
 }

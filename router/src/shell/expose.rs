@@ -4,8 +4,9 @@
 //! containers (and containers on other hosts) through the bridge, as weave's
 //! `weave expose` does. The addresses are persisted in
 //! `HOME/exposed.json`; a relaunched router puts them back once it has
-//! recreated the bridge. Stopping the router deletes the bridge, and with
-//! it the addresses, but not the file.
+//! set up the bridge (an address the bridge kept while the router was
+//! stopped is fine). `weft reset` deletes the bridge, and with it the
+//! addresses, and the file.
 
 use std::path::PathBuf;
 use std::sync::Mutex;

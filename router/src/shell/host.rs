@@ -65,8 +65,24 @@ fn set_tap_offloads(tap: &SyncDevice) -> io::Result<()> {
 /// Bridge name unless `--bridge` says otherwise.
 pub const DEFAULT_BRIDGE: &str = "weft";
 
-/// TAP device name.
+/// The TAP device of the default bridge.
 pub const DEFAULT_TAP: &str = "weft-tap";
+
+/// The TAP device of the router whose bridge is `bridge`: [`DEFAULT_TAP`]
+/// for the default bridge, else the bridge's name (cut to 11 bytes) and
+/// `-tap`. A TAP named after another bridge is never taken over, so a
+/// second router on another bridge, or `weft reset --bridge` for it, leaves
+/// the first router's TAP alone.
+pub fn tap_name(bridge: &str) -> String {
+    if bridge == DEFAULT_BRIDGE {
+        return DEFAULT_TAP.into();
+    }
+    let mut cut = bridge.len().min(MAX_IFNAME_LEN - "-tap".len());
+    while !bridge.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-tap", &bridge[..cut])
+}
 
 /// MTU of the bridge, the TAP and every attached interface unless `--mtu`
 /// says otherwise; see [`DEFAULT_OVERLAY_MTU`] for how it is derived.
@@ -92,7 +108,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         Self {
             bridge: DEFAULT_BRIDGE.into(),
-            tap: DEFAULT_TAP.into(),
+            tap: tap_name(DEFAULT_BRIDGE),
             mtu: DEFAULT_MTU,
         }
     }
@@ -648,6 +664,19 @@ fn permission_hint(error: &io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_bridge_has_its_own_tap_name_that_the_kernel_accepts() {
+        assert_eq!(tap_name("weft"), "weft-tap");
+        assert_eq!(tap_name("br-test"), "br-test-tap");
+        assert_eq!(tap_name("weftb"), "weftb-tap");
+        let long = "a-fifteen-bytes";
+        assert_eq!(tap_name(long), "a-fifteen-b-tap");
+        assert_ne!(tap_name("weft2"), tap_name("weft"));
+        for bridge in ["weft", "br-test", long, "brücke-über-x"] {
+            check_ifname(&tap_name(bridge)).unwrap();
+        }
+    }
 
     #[test]
     fn interface_names_are_checked_like_the_kernel_does() {
