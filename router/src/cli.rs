@@ -477,7 +477,6 @@ impl LaunchArgs {
             }
             Some(HostConfig {
                 bridge: self.bridge.clone(),
-                tap: host::tap_name(&self.bridge),
                 mtu: self.mtu,
             })
         };
@@ -797,11 +796,7 @@ fn reset(args: &ResetArgs) -> Result<()> {
         Err(_) => Vec::new(),
     };
     let host_ifnames: Vec<String> = records.into_iter().map(|r| r.host_ifname).collect();
-    block_on(host::remove_all(
-        &args.bridge,
-        &host::tap_name(&args.bridge),
-        &host_ifnames,
-    ))??;
+    block_on(host::remove_all(&args.bridge, &host_ifnames))??;
     let removed = home::reset(&home)?;
     println!(
         "weft reset: removed bridge {} and {} file{} from {}",
@@ -1226,7 +1221,6 @@ mod tests {
             plan.host,
             Some(HostConfig {
                 bridge: "br-test".into(),
-                tap: "br-test-tap".into(),
                 mtu: 9000
             })
         );

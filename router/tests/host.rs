@@ -293,14 +293,14 @@ async fn assert_host_net(bridge: &str, tap: &str, net: &host::HostNet) {
 #[test]
 fn setup_creates_then_adopts_and_teardown_removes_everything() {
     in_private_netns(|| async {
-        let first = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        let first = host::setup("weft", MTU).await.unwrap();
         assert!(first.created_bridge);
         assert!(first.tap.is_some());
         assert_host_net("weft", "weft-tap", &first).await;
 
         // As after a crash: the bridge is still there, and so is the TAP
         // (the old descriptor is still open). Both are taken over.
-        let mut second = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        let mut second = host::setup("weft", MTU).await.unwrap();
         assert!(!second.created_bridge, "the bridge is adopted");
         assert_eq!(second.bridge_index, first.bridge_index);
         assert_ne!(second.tap_index, first.tap_index, "the TAP is new");
@@ -319,10 +319,10 @@ fn setup_creates_then_adopts_and_teardown_removes_everything() {
         assert_eq!(tap.send(&frame).unwrap(), frame.len());
         assert_eq!(rx_packets("weft-tap").await, before + 1);
 
-        host::remove_all("weft", "weft-tap", &[]).await.unwrap();
+        host::remove_all("weft", &[]).await.unwrap();
         assert!(state("weft").await.is_none(), "the bridge is gone");
         assert!(state("weft-tap").await.is_none(), "the TAP is gone");
-        host::remove_all("weft", "weft-tap", &[]).await.unwrap();
+        host::remove_all("weft", &[]).await.unwrap();
         second.undo().await.unwrap();
     });
 }
@@ -333,7 +333,7 @@ fn setup_creates_then_adopts_and_teardown_removes_everything() {
 #[test]
 fn release_wakes_a_thread_blocked_reading_the_tap_and_keeps_the_bridge() {
     in_private_netns(|| async {
-        let mut net = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        let mut net = host::setup("weft", MTU).await.unwrap();
         let tap = net.take_tap().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -382,7 +382,7 @@ fn a_bridge_left_with_stp_on_is_adopted_and_fixed() {
             bridge_options("weft").await,
             (BridgeStpState::KernelStp, 1500)
         );
-        let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        let net = host::setup("weft", MTU).await.unwrap();
         assert!(!net.created_bridge);
         assert_host_net("weft", "weft-tap", &net).await;
         // Undoing a failed start leaves an adopted bridge (containers may
@@ -390,8 +390,8 @@ fn a_bridge_left_with_stp_on_is_adopted_and_fixed() {
         net.undo().await.unwrap();
         assert!(state("weft").await.is_some(), "the adopted bridge stays");
         assert!(state("weft-tap").await.is_none());
-        host::remove_all("weft", "weft-tap", &[]).await.unwrap();
-        let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        host::remove_all("weft", &[]).await.unwrap();
+        let net = host::setup("weft", MTU).await.unwrap();
         assert!(net.created_bridge);
         net.undo().await.unwrap();
         assert!(state("weft").await.is_none(), "the created bridge is gone");
@@ -407,7 +407,7 @@ fn another_kind_of_interface_under_the_bridge_name_is_refused() {
             .execute()
             .await
             .unwrap();
-        let e = host::setup("weft", "weft-tap", MTU).await.unwrap_err();
+        let e = host::setup("weft", MTU).await.unwrap_err();
         assert!(matches!(e, HostError::NotABridge { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
@@ -418,11 +418,11 @@ fn another_kind_of_interface_under_the_bridge_name_is_refused() {
         // And a non-TAP under the TAP's name: the bridge made for the
         // occasion is removed again.
         nl.link()
-            .add(LinkVeth::new("weft-tap", "weft-tap-peer").build())
+            .add(LinkVeth::new("br-other-tap", "br-other-peer").build())
             .execute()
             .await
             .unwrap();
-        let e = host::setup("br-other", "weft-tap", MTU).await.unwrap_err();
+        let e = host::setup("br-other", MTU).await.unwrap_err();
         assert!(matches!(e, HostError::NotATap { .. }), "{e:?}");
         assert!(
             state("br-other").await.is_none(),
@@ -440,7 +440,7 @@ fn attach_ps_detach_and_restore_after_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("attachments.json");
     in_private_netns(move || async move {
-        let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        let net = host::setup("weft", MTU).await.unwrap();
         let attachments = Attachments::load("weft", MTU, Some(file.clone())).unwrap();
         let netns = Netns::Name(c1_name.clone());
         let cidrs: Vec<Cidr> = attach::parse_cidrs(&["10.32.0.1/12", "fd00::1/64"]).unwrap();
@@ -496,7 +496,7 @@ fn attach_ps_detach_and_restore_after_a_restart() {
         // reads the file and puts the veth back on the new bridge.
         net.undo().await.unwrap();
         assert_eq!(state(&info.host_ifname).await.unwrap().controller, None);
-        let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        let net = host::setup("weft", MTU).await.unwrap();
         let attachments = Attachments::load("weft", MTU, Some(file.clone())).unwrap();
         assert_eq!(attachments.restore().await.unwrap(), 1);
         let host_end = state(&info.host_ifname).await.unwrap();
@@ -540,7 +540,7 @@ fn a_failed_attach_leaves_nothing_behind() {
     let c1 = TestNetns::new();
     let c1_name = c1.name.clone();
     in_private_netns(move || async move {
-        let net = host::setup("weft", "weft-tap", MTU).await.unwrap();
+        let net = host::setup("weft", MTU).await.unwrap();
         let attachments = Attachments::load("weft", MTU, None).unwrap();
         let netns = Netns::Name(c1_name.clone());
         // The kernel refuses the second copy of the address, after the
@@ -614,7 +614,6 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
             udp: Some(udp),
             host: Some(HostConfig {
                 bridge: "br-weft".into(),
-                tap: "tap-weft".into(),
                 mtu: 1400,
             }),
             status: None,
@@ -623,7 +622,9 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));
         client.get_status().await.unwrap();
-        let tap = state("tap-weft").await.expect("ready means the TAP exists");
+        let tap = state("br-weft-tap")
+            .await
+            .expect("ready means the TAP exists");
         assert_eq!(tap.mtu, Some(1400));
         assert_eq!(tap.controller, Some(state("br-weft").await.unwrap().index));
 
@@ -685,7 +686,7 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
         shutdown.cancel();
         task.await.unwrap().unwrap();
         assert!(state("br-weft").await.is_some(), "stop leaves the bridge");
-        assert!(state("tap-weft").await.is_none(), "and removes the TAP");
+        assert!(state("br-weft-tap").await.is_none(), "and removes the TAP");
     });
     drop(c1);
 }

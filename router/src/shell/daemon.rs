@@ -276,7 +276,7 @@ async fn start_host(
     let attachments =
         Attachments::load(&config.bridge, config.mtu, home.map(Home::attachments_path))?;
     let exposed = Exposed::load(&config.bridge, home.map(Home::exposed_path))?;
-    let net = host::setup(&config.bridge, &config.tap, config.mtu).await?;
+    let net = host::setup(&config.bridge, config.mtu).await?;
     // A container left off the bridge is cut off, but the others still
     // need a router: a failure here does not stop the start.
     match attachments.restore().await {

@@ -96,11 +96,11 @@ pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65000;
 /// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
 
-/// Which bridge and TAP device the daemon sets up.
+/// Which bridge the daemon sets up (its TAP device is [`tap_name`] of
+/// it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostConfig {
     pub bridge: String,
-    pub tap: String,
     pub mtu: u32,
 }
 
@@ -108,7 +108,6 @@ impl Default for HostConfig {
     fn default() -> Self {
         Self {
             bridge: DEFAULT_BRIDGE.into(),
-            tap: tap_name(DEFAULT_BRIDGE),
             mtu: DEFAULT_MTU,
         }
     }
@@ -252,16 +251,16 @@ impl HostNet {
     }
 }
 
-/// Creates (or adopts) the bridge and creates the TAP device, enslaved to
-/// the bridge, both with MTU `mtu` and up.
+/// Creates (or adopts) the bridge and creates its TAP device
+/// ([`tap_name`]), enslaved to the bridge, both with MTU `mtu` and up.
 ///
 /// A bridge named `bridge` left from a crashed run is adopted and
-/// reconfigured; a TAP device named `tap_name` is deleted and created
-/// afresh. Another kind of interface under either name is an error that
+/// reconfigured; a TAP device of the bridge's TAP name is deleted and
+/// created afresh. Another kind of interface under either name is an error that
 /// names it. If a step fails, what this call created is removed again.
-pub async fn setup(bridge: &str, tap_name: &str, mtu: u32) -> Result<HostNet, HostError> {
+pub async fn setup(bridge: &str, mtu: u32) -> Result<HostNet, HostError> {
     check_ifname(bridge)?;
-    check_ifname(tap_name)?;
+    let tap_ifname = tap_name(bridge);
     check_mtu(mtu)?;
     let nl = Netlink::open()?;
 
@@ -294,7 +293,7 @@ pub async fn setup(bridge: &str, tap_name: &str, mtu: u32) -> Result<HostNet, Ho
         }
     };
 
-    let result = setup_tap(&nl, bridge, bridge_index, tap_name, mtu).await;
+    let result = setup_tap(&nl, bridge, bridge_index, &tap_ifname, mtu).await;
     let (tap, tap_index, tap_mac) = match result {
         Ok(tap) => tap,
         Err(e) => {
@@ -304,10 +303,10 @@ pub async fn setup(bridge: &str, tap_name: &str, mtu: u32) -> Result<HostNet, Ho
             return Err(e);
         }
     };
-    info!(bridge, tap = tap_name, %tap_mac, mtu, "host network ready");
+    info!(bridge, tap = %tap_ifname, %tap_mac, mtu, "host network ready");
     Ok(HostNet {
         bridge: bridge.into(),
-        tap_name: tap_name.into(),
+        tap_name: tap_ifname,
         mtu,
         created_bridge,
         bridge_index,
@@ -411,15 +410,15 @@ async fn setup_tap(
     Ok((tap, tap_index, mac))
 }
 
-/// `weft reset`: removes the TAP device, the bridge and the given host ends
+/// `weft reset`: removes the bridge's TAP device, the bridge and the given host ends
 /// of attached veths (which takes their container ends too); what is
 /// already gone is skipped.
-pub async fn remove_all(bridge: &str, tap_name: &str, veths: &[String]) -> Result<(), HostError> {
+pub async fn remove_all(bridge: &str, veths: &[String]) -> Result<(), HostError> {
     let nl = Netlink::open()?;
     for veth in veths {
         nl.delete_link(veth).await?;
     }
-    nl.delete_link(tap_name).await?;
+    nl.delete_link(&tap_name(bridge)).await?;
     nl.delete_link(bridge).await
 }
 
