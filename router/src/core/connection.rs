@@ -820,16 +820,8 @@ mod tests {
 
         #[test]
         fn a_refused_key_is_named_on_both_sides_whichever_side_refuses() {
-            use crate::core::crypto::{NoiseConfig, StaticKeypair, TrustedKeys};
-            use std::sync::Arc;
-            use zeroize::Zeroizing;
-            let key = |b: u8| Arc::new(StaticKeypair::from_private(Zeroizing::new([b; 32])));
-            let trusting = |own: u8, trusted: u8| {
-                let list: TrustedKeys = [key(trusted).public()].into_iter().collect();
-                HandshakeConfig::Noise(
-                    NoiseConfig::new(key(own), None, Some(Arc::new(list))).unwrap(),
-                )
-            };
+            use crate::core::crypto::handshake::tests::{keypair as key, with_keys};
+            let trusting = |own: u8, trusted: u8| with_keys(own, &[trusted]);
             // The dialler (key 1) refuses the acceptor's key 2 after message
             // 2; then the acceptor refuses the dialler's key after message 3,
             // when the dialler has already finished its side.

@@ -777,7 +777,7 @@ pub(crate) mod tests {
         Psk::from_bytes(Zeroizing::new([byte; 32]))
     }
 
-    fn keypair(byte: u8) -> Arc<StaticKeypair> {
+    pub(crate) fn keypair(byte: u8) -> Arc<StaticKeypair> {
         Arc::new(StaticKeypair::from_private(Zeroizing::new([byte; 32])))
     }
 
@@ -786,7 +786,8 @@ pub(crate) mod tests {
         HandshakeConfig::Noise(NoiseConfig::new(keypair(key), Some(Arc::new(set)), None).unwrap())
     }
 
-    fn with_keys(key: u8, trusted: &[u8]) -> HandshakeConfig {
+    /// Keys only: our key pair `key`, trusting the key pairs `trusted`.
+    pub(crate) fn with_keys(key: u8, trusted: &[u8]) -> HandshakeConfig {
         let trusted = trusted.iter().map(|&b| keypair(b).public()).collect();
         HandshakeConfig::Noise(
             NoiseConfig::new(keypair(key), None, Some(Arc::new(trusted))).unwrap(),
