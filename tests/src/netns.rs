@@ -768,6 +768,16 @@ impl Report {
             .any(|c| c.nickname.as_deref() == Some(nick) && c.state == "established")
     }
 
+    /// Whether this router has an established connection to `nick` whose
+    /// UDP data path is usable.
+    pub fn data_path_usable(&self, nick: &str) -> bool {
+        self.0.connections.iter().any(|c| {
+            c.nickname.as_deref() == Some(nick)
+                && c.state == "established"
+                && c.data_path.as_ref().is_some_and(|d| d.usable)
+        })
+    }
+
     /// Whether this router has any connection, in any state, to `nick`.
     pub fn any_connection_to(&self, nick: &str) -> bool {
         self.0

@@ -113,11 +113,7 @@ pub fn launch(net: &Net, i: usize, peers: &[usize], flags: &[String]) -> Result<
 /// Whether host `i` has an established connection to host `j` whose UDP
 /// data path is usable.
 pub fn data_path_usable(net: &Net, i: usize, j: usize) -> Result<bool> {
-    Ok(net.report(&h(i))?.0.connections.iter().any(|c| {
-        c.nickname.as_deref() == Some(h(j).as_str())
-            && c.state == "established"
-            && c.data_path.as_ref().is_some_and(|d| d.usable)
-    }))
+    Ok(net.report(&h(i))?.data_path_usable(&h(j)))
 }
 
 /// Waits until container `from` gets a reply to one ping to container
