@@ -557,81 +557,49 @@ impl Net {
         bytes: u64,
         timeout: Duration,
     ) -> Result<()> {
+        self.start_transfer(traffic, from, to, &["--bytes", &bytes.to_string()])?
+            .finish(timeout)
+            .and_then(|got| {
+                ensure!(
+                    got == bytes,
+                    "{} sent {bytes} bytes but {} received {got}",
+                    c(from),
+                    c(to)
+                );
+                Ok(())
+            })
+    }
+
+    /// Starts a TCP transfer of pseudo-random bytes from container `from`
+    /// to container `to` in the background; `amount` is `--bytes N` or
+    /// `--secs T` for the `traffic` helper's `tcp-send`. The receiver
+    /// listens on a port of its own per sender, so transfers in both
+    /// directions can run at once.
+    pub fn start_transfer(
+        &self,
+        traffic: &str,
+        from: usize,
+        to: usize,
+        amount: &[&str],
+    ) -> Result<Transfer> {
+        let port = TRANSFER_PORT + u16::try_from(from).context("container number")?;
         let mut recv = self.spawn(
             &c(to),
             traffic,
-            &["tcp-recv", &format!("0.0.0.0:{TRANSFER_PORT}"), "--hash"],
+            &["tcp-recv", &format!("0.0.0.0:{port}"), "--hash"],
         )?;
         recv.wait_for_line("listening", Duration::from_secs(10))?;
-        let seed = unix_ms();
-        let sent = self.exec(
-            &c(from),
-            traffic,
-            &[
-                "tcp-send",
-                &format!("{}:{TRANSFER_PORT}", overlay(to)),
-                "--bytes",
-                &bytes.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ],
-            timeout,
-        );
-        let sent = match sent {
-            Ok(o) if o.status.success() => o,
-            Ok(o) => bail!(
-                "sending {bytes} bytes {} -> {} failed ({}): {}{}\nreceiver so far: {}{}",
-                c(from),
-                c(to),
-                o.status,
-                o.stdout,
-                o.stderr,
-                recv.stdout(),
-                recv.stderr()
-            ),
-            Err(e) => bail!(
-                "sending {bytes} bytes {} -> {}: {e:#}\nreceiver so far: {}{}",
-                c(from),
-                c(to),
-                recv.stdout(),
-                recv.stderr()
-            ),
-        };
-        let got = recv.finish(Duration::from_secs(10))?;
-        ensure!(
-            got.status.success(),
-            "receiver failed ({}): {}{}",
-            got.status,
-            got.stdout,
-            got.stderr
-        );
-        let (sent, got) = (json_summary(&sent.stdout)?, json_summary(&got.stdout)?);
-        let secs = sent["secs"].as_f64().unwrap_or(0.0);
-        eprintln!(
-            "{} -> {}: {} bytes in {secs:.2} s ({:.1} MB/s); sent sha256 {}, received sha256 {}",
-            c(from),
-            c(to),
-            got["bytes"],
-            bytes as f64 / secs.max(1e-9) / 1e6,
-            sent["sha256"],
-            got["sha256"]
-        );
-        ensure!(
-            got["bytes"].as_u64() == Some(bytes),
-            "{} sent {bytes} bytes but {} received {}",
-            c(from),
-            c(to),
-            got["bytes"]
-        );
-        ensure!(
-            sent["sha256"] == got["sha256"] && sent["sha256"].is_string(),
-            "data corrupted between {} and {}: sent sha256 {}, received {}",
-            c(from),
-            c(to),
-            sent["sha256"],
-            got["sha256"]
-        );
-        Ok(())
+        let seed = unix_ms().to_string();
+        let target = format!("{}:{port}", overlay(to));
+        let mut args = vec!["tcp-send", &target, "--seed", &seed];
+        args.extend_from_slice(amount);
+        let send = self.spawn(&c(from), traffic, &args)?;
+        Ok(Transfer {
+            recv,
+            send,
+            from,
+            to,
+        })
     }
 
     /// Each connection's data path in host `name`'s `weft report`, one line
@@ -844,6 +812,76 @@ fn describe(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A TCP transfer running between two containers (see
+/// [`Net::start_transfer`]). Dropping it kills both ends.
+pub struct Transfer {
+    recv: Background,
+    send: Background,
+    from: usize,
+    to: usize,
+}
+
+impl Transfer {
+    /// Waits up to `timeout` for the sender to finish, then for the
+    /// receiver, and fails unless the receiver got exactly what was sent
+    /// (same length, same SHA-256). Returns the byte count.
+    pub fn finish(self, timeout: Duration) -> Result<u64> {
+        let Transfer {
+            recv,
+            send,
+            from,
+            to,
+        } = self;
+        let (from, to) = (c(from), c(to));
+        let sent = match send.finish(timeout) {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => bail!(
+                "sending {from} -> {to} failed ({}): {}{}\nreceiver so far: {}{}",
+                o.status,
+                o.stdout,
+                o.stderr,
+                recv.stdout(),
+                recv.stderr()
+            ),
+            Err(e) => bail!(
+                "sending {from} -> {to}: {e:#}\nreceiver so far: {}{}",
+                recv.stdout(),
+                recv.stderr()
+            ),
+        };
+        let got = recv.finish(Duration::from_secs(10))?;
+        ensure!(
+            got.status.success(),
+            "receiver failed ({}): {}{}",
+            got.status,
+            got.stdout,
+            got.stderr
+        );
+        let (sent, got) = (json_summary(&sent.stdout)?, json_summary(&got.stdout)?);
+        let secs = sent["secs"].as_f64().unwrap_or(0.0);
+        let bytes = sent["bytes"].as_u64().unwrap_or(0);
+        eprintln!(
+            "{from} -> {to}: {} bytes in {secs:.2} s ({:.1} MB/s); sent sha256 {}, received sha256 {}",
+            got["bytes"],
+            bytes as f64 / secs.max(1e-9) / 1e6,
+            sent["sha256"],
+            got["sha256"]
+        );
+        ensure!(
+            got["bytes"].as_u64() == Some(bytes),
+            "{from} sent {bytes} bytes but {to} received {}",
+            got["bytes"]
+        );
+        ensure!(
+            sent["sha256"] == got["sha256"] && sent["sha256"].is_string(),
+            "data corrupted between {from} and {to}: sent sha256 {}, received {}",
+            sent["sha256"],
+            got["sha256"]
+        );
+        Ok(bytes)
+    }
 }
 
 /// A command running in the background (see [`Net::spawn`]). Dropping it

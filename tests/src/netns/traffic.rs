@@ -8,6 +8,7 @@
 //! ```text
 //! tcp-recv  LISTEN [--streams K] [--hash]   accept K connections, read each to EOF
 //! tcp-send  TO --bytes N --seed S            send N pseudo-random bytes from seed S
+//! tcp-send  TO --secs T --seed S             … or send them for T seconds
 //! tcp-blast TO --secs T [--streams K]        send as fast as possible for T seconds
 //! udp-send  TO --count N [--interval-ms I] [--broadcast]
 //! udp-echo  LISTEN                           echo every datagram back, until killed
@@ -61,10 +62,14 @@ fn dispatch(args: &[String]) -> Result<()> {
         }
         "tcp-send" => {
             let to = a.addr()?;
-            let bytes = a.required("--bytes")?;
+            let amount = match (a.opt("--bytes")?, a.opt::<f64>("--secs")?) {
+                (Some(bytes), None) => Amount::Bytes(bytes),
+                (None, Some(secs)) => Amount::For(Duration::from_secs_f64(secs)),
+                _ => bail!("tcp-send needs exactly one of --bytes N and --secs T"),
+            };
             let seed = a.required("--seed")?;
             a.done()?;
-            tcp_send(to, bytes, seed)
+            tcp_send(to, amount, seed)
         }
         "tcp-blast" => {
             let to = a.addr()?;
@@ -147,20 +152,35 @@ fn tcp_recv(listen: SocketAddr, streams: usize, hash: bool) -> Result<()> {
 }
 
 /// Sends `bytes` bytes from a `StdRng` seeded with `seed`, then closes.
-fn tcp_send(to: SocketAddr, bytes: u64, seed: u64) -> Result<()> {
+/// How much `tcp-send` sends.
+enum Amount {
+    Bytes(u64),
+    /// As much as it can for this long (a transfer that spans a test's
+    /// whole scenario, however fast the machine).
+    For(Duration),
+}
+
+fn tcp_send(to: SocketAddr, amount: Amount, seed: u64) -> Result<()> {
     let mut conn = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
     let start = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
+    let mut bytes = 0u64;
+    loop {
+        let n = match amount {
+            Amount::Bytes(total) => (total - bytes).min(CHUNK as u64) as usize,
+            Amount::For(d) if start.elapsed() < d => CHUNK,
+            Amount::For(_) => 0,
+        };
+        if n == 0 {
+            break;
+        }
         rng.fill_bytes(&mut buf[..n]);
         sha.update(&buf[..n]);
         conn.write_all(&buf[..n])
-            .with_context(|| format!("sending to {to} ({} bytes sent)", bytes - left))?;
-        left -= n as u64;
+            .with_context(|| format!("sending to {to} ({bytes} bytes sent)"))?;
+        bytes += n as u64;
     }
     conn.shutdown(std::net::Shutdown::Write)
         .context("closing")?;
