@@ -81,6 +81,20 @@ impl ForwardStats {
     pub fn drop(&mut self, reason: DropReason) {
         *self.dropped.entry(reason).or_default() += 1;
     }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ForwardStats) {
+        self.frames_from_tap += other.frames_from_tap;
+        self.frames_to_tap += other.frames_to_tap;
+        self.frames_sent += other.frames_sent;
+        self.datagrams_relayed += other.datagrams_relayed;
+        self.icmp_frag_needed += other.icmp_frag_needed;
+        self.fragmented += other.fragmented;
+        self.large_frames_sent += other.large_frames_sent;
+        for (reason, n) in &other.dropped {
+            *self.dropped.entry(*reason).or_default() += n;
+        }
+    }
 }
 
 /// What to do with a frame read from the TAP.

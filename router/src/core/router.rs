@@ -825,6 +825,7 @@ impl Router {
             handshake_failures: Default::default(),
             gossip: Vec::new(),
             exposed: Vec::new(),
+            watchdog_stalls: BTreeMap::new(),
         }
     }
 

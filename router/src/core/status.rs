@@ -36,6 +36,10 @@ pub struct RouterStatus {
     /// Addresses the host itself has on the bridge (`weft expose`).
     #[serde(default)]
     pub exposed: Vec<String>,
+    /// Times the watchdog found a thread stuck on one piece of work, by
+    /// thread (`weft-tap`, `weft-udp`, `router task`); 0 is healthy.
+    #[serde(default)]
+    pub watchdog_stalls: BTreeMap<String, u64>,
 }
 
 impl RouterStatus {
@@ -154,6 +158,10 @@ pub struct DataPlaneStatus {
     pub tap_write_errors: u64,
     pub udp_too_big: u64,
     pub udp_send_failed: u64,
+    /// Control datagrams (heartbeats, probes) dropped because the UDP
+    /// socket's buffer was full when the router task sent them.
+    #[serde(default)]
+    pub control_send_dropped: u64,
     /// Frames datagrams from an address that is no neighbour's.
     pub unknown_sender: u64,
     /// Neighbours we share an encrypted data session with.

@@ -43,6 +43,7 @@ use crate::shell::home::{self, Home};
 use crate::shell::host::{self, HostConfig, HostError, HostNet};
 use crate::shell::http_api::{self, ApiHandle, ApiRequest, HostHandles, Surface};
 use crate::shell::sockets::configure_stream;
+use crate::shell::watchdog::{Beat, Watchdog};
 
 /// Time allowed to resolve and connect to one target.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,6 +99,8 @@ pub enum DaemonError {
     },
     #[error("cannot start the data plane: {}", describe_io_error(.0))]
     DataPlane(std::io::Error),
+    #[error("cannot start the watchdog thread: {}", describe_io_error(.0))]
+    Watchdog(std::io::Error),
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
@@ -137,6 +140,8 @@ pub async fn run(
     http_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    // First, so that failing to start it leaves nothing to undo.
+    let watchdog = Watchdog::start().map_err(DaemonError::Watchdog)?;
     let mesh_addr = listener
         .local_addr()
         .map_err(|error| DaemonError::ListenerAddr {
@@ -185,11 +190,13 @@ pub async fn run(
         router_config.crypto = c.handshake_config();
     }
     let router = Router::new(router_config, now);
+    let router_beat = watchdog.register("router task");
     let data_plane = match config.udp {
         Some(udp) => {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
             let tap = host_net.as_mut().and_then(HostNet::take_tap);
-            let dp = match DataPlane::start(router.identity().name, udp, tap, control_tx) {
+            let beats = [watchdog.register("weft-udp"), watchdog.register("weft-tap")];
+            let dp = match DataPlane::start(router.identity().name, udp, tap, control_tx, beats) {
                 Ok(dp) => dp,
                 Err(e) => {
                     // Nothing half-done: stop the listeners and remove the
@@ -220,6 +227,7 @@ pub async fn run(
     );
     let targets_file = config.home.as_ref().map(Home::targets_path);
     let mut task = RouterTask::new(router, events_tx, stop.clone(), targets_file);
+    task.watchdog = Some((watchdog, router_beat));
     task.crypto = config.crypto;
     task.data_plane = data_plane;
     task.exposed = exposed;
@@ -355,6 +363,8 @@ struct RouterTask {
     exposed: Option<Arc<Exposed>>,
     /// Encryption settings, for rotation and trusted-keys reloads.
     crypto: Option<CryptoSettings>,
+    /// The liveness check, and this task's beat in it.
+    watchdog: Option<(Watchdog, Arc<Beat>)>,
 }
 
 impl RouterTask {
@@ -379,11 +389,13 @@ impl RouterTask {
             handshake_failures: BTreeMap::new(),
             exposed: None,
             crypto: None,
+            watchdog: None,
         }
     }
 
     async fn run(&mut self, mut events: mpsc::Receiver<Event>) {
         let mut reload = tokio::time::interval(TRUSTED_KEYS_POLL);
+        let beat = self.watchdog.as_ref().map(|(_, b)| b.clone());
         loop {
             let deadline = self.router.poll_timeout();
             let timer = async {
@@ -398,16 +410,21 @@ impl RouterTask {
                 event = events.recv() => {
                     // The task holds a sender itself, so the queue never closes.
                     let Some(event) = event else { break };
+                    let _busy = beat.as_deref().map(Beat::busy);
                     let now = tokio::time::Instant::now().into_std();
                     self.handle_event(now, event);
                     self.drain_actions(now);
                 }
                 _ = timer => {
+                    let _busy = beat.as_deref().map(Beat::busy);
                     let now = tokio::time::Instant::now().into_std();
                     self.router.handle_timeout(now);
                     self.drain_actions(now);
                 }
-                _ = reload.tick() => self.reload_trusted_keys(),
+                _ = reload.tick() => {
+                    let _busy = beat.as_deref().map(Beat::busy);
+                    self.reload_trusted_keys();
+                }
             }
         }
         info!("weft router stopping: closing all connections");
@@ -533,6 +550,9 @@ impl RouterTask {
     fn status(&self, now: Instant) -> crate::core::status::RouterStatus {
         let mut status = self.router.status(now);
         status.data_plane = self.data_plane.as_ref().map(DataPlane::stats);
+        if let Some((dog, _)) = &self.watchdog {
+            status.watchdog_stalls = dog.stalls();
+        }
         status.encryption.mode = self.router.encryption_mode().into();
         if let Some(dp) = &status.data_plane {
             status.encryption.rekeys = dp.rekeys;

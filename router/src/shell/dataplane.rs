@@ -21,20 +21,26 @@
 //! again on receipt: one system call per 64 KB instead of one per frame.
 //!
 //! Plain OS threads, not tokio tasks: each blocks in one system call per
-//! batch and both run in parallel on separate cores. They share the
-//! forwarder (MAC table, data routes, counters) behind one mutex taken once
-//! per batch, and a read-mostly map of neighbours' UDP addresses and path
-//! MTUs that the router task republishes when the control plane changes.
+//! batch and both run in parallel on separate cores. What the control
+//! plane decides (data routes, neighbours' UDP addresses and path MTUs,
+//! encrypted sessions) reaches them as [`Tables`], immutable once
+//! published: the router task swaps in a new set and never waits, and each
+//! thread picks up the current set at the start of a batch. The one
+//! mutable thing both threads need, the forwarder (MAC table, counters),
+//! is a mutex only they take, once per batch; counters reach the router
+//! task through a leaf lock after each batch. [`crate::shell::locks`] has
+//! the rule and checks it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 use tun_rs::{InterruptEvent, SyncDevice};
@@ -43,49 +49,76 @@ use crate::core::crypto::data::{self as sealed, peek_receiver_index};
 use crate::core::crypto::fragments::{self, Defragmenter, FRAGMENT_MAGIC, Fragment};
 use crate::core::crypto::{DataError, DataSession};
 use crate::core::forward::{
-    Batcher, Destination, DropReason, ENCAP_OVERHEAD, Forwarder, Sink, TapVerdict, resplit,
+    Batcher, Destination, DropReason, ENCAP_OVERHEAD, ForwardStats, Forwarder, Sink, TapVerdict,
+    resplit,
 };
 use crate::core::identity::PeerName;
 use crate::core::reassembly::Reassembler;
 use crate::core::router::{DataView, NeighbourPath};
+use crate::core::routes::Routes;
 use crate::core::status::DataPlaneStatus;
 use crate::core::wire::udp::{
     self, DEFAULT_HOP_LIMIT, FramesIter, HEADER_LEN, Header, Kind, MAGIC, MAX_BLOB, MIN_BLOB,
     SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::core::wire::vnet::{self, VnetHeader};
+use crate::shell::locks::{self, ForwarderLock, Leaf, RankedGuard};
 use crate::shell::udp_io::{self, RecvBatch, SendBatch, SendReport};
+use crate::shell::watchdog::Beat;
 
 /// Frames read from the TAP per batch.
 const TAP_BATCH: usize = 64;
 /// How often stale MAC entries are swept.
 const MAC_SWEEP: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Neighbours {
     by_name: HashMap<PeerName, NeighbourPath>,
     by_addr: HashMap<SocketAddr, PeerName>,
 }
 
 /// A neighbour's data session, shared by the thread that seals datagrams
-/// to it and the one that opens datagrams from it.
-type SharedSession = Arc<Mutex<DataSession>>;
+/// to it and the one that opens datagrams from it. A leaf lock: held to
+/// seal or open one datagram, or to take a nonce.
+type SharedSession = Arc<Leaf<DataSession>>;
 
 /// Encryption state: the session per neighbour, found by peer (sealing
 /// frames), by the receiver index in a datagram (opening), and by UDP
 /// address (sealing the router's control datagrams).
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Sessions {
     by_peer: HashMap<PeerName, SharedSession>,
     by_index: HashMap<u32, (PeerName, SharedSession)>,
     by_addr: HashMap<SocketAddr, SharedSession>,
-    /// Rekeys of sessions already removed, so the total never goes back.
-    past_rekeys: u64,
+}
+
+/// What the control plane decided, as the data threads see it: replaced
+/// whole by the router task, never changed in place.
+#[derive(Clone, Default)]
+struct Tables {
+    /// Bumped whenever `routes` change.
+    routes_version: u64,
+    routes: Arc<Routes>,
+    neighbours: Neighbours,
+    sessions: Sessions,
+}
+
+/// The forwarder and the version of the routes it has.
+struct Forwarding {
+    fwd: Forwarder,
+    routes_version: u64,
+}
+
+/// What the data threads publish for `weft status` after each batch.
+#[derive(Default)]
+struct Published {
+    stats: ForwardStats,
+    macs: usize,
 }
 
 /// Seals `datagram` for a neighbour into `buf`; false if it cannot be.
 fn seal_into(session: &SharedSession, now: Instant, datagram: &[u8], buf: &mut Vec<u8>) -> bool {
-    let Ok(mut s) = session.lock() else {
+    let Some(mut s) = session.lock() else {
         return false;
     };
     // PMTU probes measure the size on the wire: give up padding so that
@@ -133,7 +166,12 @@ struct Counters {
     /// attacker spoofing its address, or a misconfiguration.
     plaintext_refused: AtomicU64,
     /// Encrypted datagrams that failed to open, by reason.
-    crypto_dropped: Mutex<BTreeMap<&'static str, u64>>,
+    crypto_dropped: Leaf<BTreeMap<&'static str, u64>>,
+    /// Rekeys of sessions already removed, so the total never goes back.
+    past_rekeys: AtomicU64,
+    /// Control datagrams the router task could not send at once (the
+    /// socket's buffer was full); it never waits for the data threads.
+    control_send_dropped: AtomicU64,
     bytes_from_tap: AtomicU64,
     bytes_to_tap: AtomicU64,
     bytes_sent: AtomicU64,
@@ -143,7 +181,7 @@ struct Counters {
 
 impl Counters {
     fn crypto_drop(&self, e: DataError) {
-        if let Ok(mut m) = self.crypto_dropped.lock() {
+        if let Some(mut m) = self.crypto_dropped.lock() {
             *m.entry(e.as_str()).or_default() += 1;
         }
     }
@@ -151,9 +189,9 @@ impl Counters {
 
 struct Shared {
     local: PeerName,
-    fwd: Mutex<Forwarder>,
-    neighbours: RwLock<Neighbours>,
-    sessions: RwLock<Sessions>,
+    tables: ArcSwap<Tables>,
+    fwd: ForwarderLock<Forwarding>,
+    published: Leaf<Published>,
     udp: UdpSocket,
     tap: Option<SyncDevice>,
     control: UnboundedSender<(SocketAddr, Vec<u8>)>,
@@ -169,22 +207,28 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Starts the threads. Without a TAP (tests, or a router that only
-    /// relays) frames for us are counted and dropped, and relaying works.
+    /// Starts the threads, each marking its batches on its beat from
+    /// `beats` (UDP thread first, then TAP thread). Without a TAP (tests,
+    /// or a router that only relays) frames for us are counted and
+    /// dropped, and relaying works.
     pub fn start(
         local: PeerName,
         udp: UdpSocket,
         tap: Option<SyncDevice>,
         control: UnboundedSender<(SocketAddr, Vec<u8>)>,
+        beats: [Arc<Beat>; 2],
     ) -> io::Result<Self> {
         if let Some(tap) = &tap {
             tap.set_nonblocking(true)?;
         }
         let shared = Arc::new(Shared {
             local,
-            fwd: Mutex::new(Forwarder::new(local)),
-            neighbours: RwLock::new(Neighbours::default()),
-            sessions: RwLock::new(Sessions::default()),
+            tables: ArcSwap::from_pointee(Tables::default()),
+            fwd: ForwarderLock::new(Forwarding {
+                fwd: Forwarder::new(local),
+                routes_version: 0,
+            }),
+            published: Leaf::default(),
             udp,
             tap,
             control,
@@ -193,21 +237,32 @@ impl DataPlane {
             counters: Counters::default(),
         });
         let mut threads = Vec::new();
+        let [udp_beat, tap_beat] = beats;
         let s = shared.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("weft-udp".into())
-                .spawn(move || udp_loop(&s))?,
+                .spawn(move || udp_loop(&s, &udp_beat))?,
         );
         if shared.tap.is_some() {
             let s = shared.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("weft-tap".into())
-                    .spawn(move || tap_loop(&s))?,
+                    .spawn(move || tap_loop(&s, &tap_beat))?,
             );
         }
         Ok(Self { shared, threads })
+    }
+
+    /// Publishes a change of the tables for the data threads; never waits
+    /// for them.
+    fn publish(&self, mut change: impl FnMut(&mut Tables)) {
+        self.shared.tables.rcu(|current| {
+            let mut next = Tables::clone(current);
+            change(&mut next);
+            next
+        });
     }
 
     /// Installs what the control plane decided.
@@ -217,12 +272,12 @@ impl DataPlane {
             n.by_addr.insert(path.addr, name);
             n.by_name.insert(name, path);
         }
-        if let Ok(mut guard) = self.shared.neighbours.write() {
-            *guard = n;
-        }
-        if let Ok(mut fwd) = self.shared.fwd.lock() {
-            fwd.set_routes(Instant::now(), view.routes);
-        }
+        let routes = Arc::new(view.routes);
+        self.publish(|t| {
+            t.routes_version += 1;
+            t.routes = routes.clone();
+            t.neighbours = n.clone();
+        });
     }
 
     /// From now on, seal datagrams to `peer` and open datagrams for the
@@ -230,40 +285,60 @@ impl DataPlane {
     pub fn install_session(&self, peer: PeerName, addr: SocketAddr, session: DataSession) {
         let index = session.local_index();
         info!(%peer, %addr, session = index, "encrypted data session up");
-        let session = Arc::new(Mutex::new(session));
-        if let Ok(mut s) = self.shared.sessions.write() {
-            if let Some(old) = s.by_peer.insert(peer, session.clone()) {
-                forget(&mut s, &old);
+        let session = Arc::new(Leaf::new(session));
+        let mut replaced = None;
+        self.publish(|t| {
+            let s = &mut t.sessions;
+            replaced = s.by_peer.insert(peer, session.clone());
+            if let Some(old) = &replaced {
+                forget(s, old);
             }
             s.by_index.insert(index, (peer, session.clone()));
-            s.by_addr.insert(addr, session);
-        }
+            s.by_addr.insert(addr, session.clone());
+        });
+        self.count_past_rekeys(replaced);
     }
 
     /// Drops the session with index `local_index` if it is `peer`'s current
     /// one (a replaced connection's late removal must not drop its
     /// successor's session).
     pub fn remove_session(&self, peer: PeerName, local_index: u32) {
-        if let Ok(mut s) = self.shared.sessions.write() {
-            let current = s
-                .by_peer
-                .get(&peer)
-                .is_some_and(|c| c.lock().is_ok_and(|c| c.local_index() == local_index));
-            if current && let Some(old) = s.by_peer.remove(&peer) {
-                forget(&mut s, &old);
+        let mut removed = None;
+        self.publish(|t| {
+            let s = &mut t.sessions;
+            let current = match (s.by_peer.get(&peer), s.by_index.get(&local_index)) {
+                (Some(c), Some((p, x))) => *p == peer && Arc::ptr_eq(c, x),
+                _ => false,
+            };
+            removed = if current {
+                s.by_peer.remove(&peer)
+            } else {
+                None
+            };
+            if let Some(old) = &removed {
+                forget(s, old);
             }
+        });
+        self.count_past_rekeys(removed);
+    }
+
+    /// Keeps the rekeys of a session that is gone in the total.
+    fn count_past_rekeys(&self, gone: Option<SharedSession>) {
+        if let Some(rekeys) = gone.and_then(|g| g.lock().map(|g| g.stats().send_rekeys)) {
+            self.shared
+                .counters
+                .past_rekeys
+                .fetch_add(rekeys, Ordering::Relaxed);
         }
     }
 
     /// Sends a control datagram (heartbeat, probe, ack) for the router,
-    /// sealed if we share a session with its destination.
+    /// sealed if we share a session with its destination. Never waits: if
+    /// the socket's buffer is full (the data threads are sending as fast
+    /// as the path takes), the datagram is dropped and counted, as the
+    /// network could have dropped it.
     pub fn send_control(&self, to: SocketAddr, datagram: &[u8]) {
-        let session = self
-            .shared
-            .sessions
-            .read()
-            .ok()
-            .and_then(|s| s.by_addr.get(&to).cloned());
+        let session = self.shared.tables.load().sessions.by_addr.get(&to).cloned();
         let mut buf = Vec::new();
         let bytes = match &session {
             Some(s) => {
@@ -274,33 +349,47 @@ impl DataPlane {
             }
             None => datagram,
         };
-        if let Err(e) = self.shared.udp.send_to(bytes, to) {
+        locks::before_syscall("send a control datagram");
+        let sent = socket2::SockRef::from(&self.shared.udp).send_to_with_flags(
+            bytes,
+            &to.into(),
+            libc::MSG_DONTWAIT,
+        );
+        if let Err(e) = sent {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                self.shared
+                    .counters
+                    .control_send_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             debug!(%to, error = %e, "UDP control send failed");
         }
     }
 
-    /// Counters since start, for `weft status` and metrics.
+    /// Counters since start, for `weft status` and metrics. Takes leaf
+    /// locks only: it answers while a data thread is in the middle of a
+    /// send.
     pub fn stats(&self) -> DataPlaneStatus {
         let c = &self.shared.counters;
-        let (sessions, rekeys) = match self.shared.sessions.read() {
-            Ok(s) => {
-                let live: u64 = s
-                    .by_peer
-                    .values()
-                    .filter_map(|x| x.lock().ok().map(|x| x.stats().send_rekeys))
-                    .sum();
-                (s.by_peer.len(), s.past_rekeys + live)
-            }
-            Err(_) => (0, 0),
-        };
+        let tables = self.shared.tables.load_full();
+        let live: u64 = tables
+            .sessions
+            .by_peer
+            .values()
+            .filter_map(|x| x.lock().map(|x| x.stats().send_rekeys))
+            .sum();
+        let (sessions, rekeys) = (
+            tables.sessions.by_peer.len(),
+            c.past_rekeys.load(Ordering::Relaxed) + live,
+        );
         let crypto_dropped: BTreeMap<String, u64> = c
             .crypto_dropped
             .lock()
             .map(|m| m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
             .unwrap_or_default();
-        let (f, macs) = match self.shared.fwd.lock() {
-            Ok(f) => (f.stats.clone(), f.macs().len()),
-            Err(_) => Default::default(),
+        let (f, macs) = match self.shared.published.lock() {
+            Some(p) => (p.stats.clone(), p.macs),
+            None => Default::default(),
         };
         DataPlaneStatus {
             macs,
@@ -321,6 +410,7 @@ impl DataPlane {
             tap_write_errors: c.tap_write_errors.load(Ordering::Relaxed),
             udp_too_big: c.udp_too_big.load(Ordering::Relaxed),
             udp_send_failed: c.udp_send_failed.load(Ordering::Relaxed),
+            control_send_dropped: c.control_send_dropped.load(Ordering::Relaxed),
             unknown_sender: c.unknown_sender.load(Ordering::Relaxed),
             encrypted_sessions: sessions,
             rekeys,
@@ -348,9 +438,6 @@ impl DataPlane {
 fn forget(s: &mut Sessions, old: &SharedSession) {
     s.by_index.retain(|_, (_, x)| !Arc::ptr_eq(x, old));
     s.by_addr.retain(|_, x| !Arc::ptr_eq(x, old));
-    if let Ok(o) = old.lock() {
-        s.past_rekeys += o.stats().send_rekeys;
-    }
 }
 
 /// The body of a message to seal: one that may be encrypted where it lies,
@@ -424,8 +511,8 @@ impl Out<'_> {
         };
         // Only the nonce is taken under the session's lock.
         let key = match session.lock() {
-            Ok(mut s) => s.message_key(*now, head.len(), body.len()),
-            Err(_) => return false,
+            Some(mut s) => s.message_key(*now, head.len(), body.len()),
+            None => return false,
         };
         let sealed = key.and_then(|k| k.seal(head, body));
         let Ok(sealed) = sealed else {
@@ -507,6 +594,7 @@ fn write_tap(shared: &Shared, frame: &[u8]) {
             iov_len: frame.len(),
         },
     ];
+    locks::before_syscall("write to the TAP");
     // SAFETY: both iovecs point at live buffers of the stated lengths that
     // the kernel only reads; the fd is owned by `tap` for the whole call.
     let rc = unsafe { libc::writev(tap.as_raw_fd(), iov.as_ptr(), 2) };
@@ -523,6 +611,7 @@ fn write_tap(shared: &Shared, frame: &[u8]) {
 /// Writes a reassembled blob (virtio-net header and frame) to the TAP.
 fn write_tap_blob(shared: &Shared, blob: &[u8]) {
     let Some(tap) = &shared.tap else { return };
+    locks::before_syscall("write to the TAP");
     match tap.send(blob) {
         Ok(_) => {
             let frame = blob.len().saturating_sub(vnet::LEN) as u64;
@@ -560,17 +649,12 @@ impl Sender {
         }
     }
 
-    /// Queues one batch's datagrams with the tables locked for it.
-    fn out<'a>(
-        &'a mut self,
-        shared: &'a Shared,
-        tables: (&'a Neighbours, &'a Sessions),
-        now: Instant,
-    ) -> Out<'a> {
+    /// Queues one batch's datagrams with the tables current for it.
+    fn out<'a>(&'a mut self, shared: &'a Shared, tables: &'a Tables, now: Instant) -> Out<'a> {
         Out {
             shared,
-            neighbours: tables.0,
-            sessions: tables.1,
+            neighbours: &tables.neighbours,
+            sessions: &tables.sessions,
             now,
             batch: &mut self.batch,
             report: &mut self.report,
@@ -578,8 +662,7 @@ impl Sender {
         }
     }
 
-    /// Sends what is queued (with the tables unlocked) and publishes what
-    /// it came to.
+    /// Sends what is queued and publishes what it came to.
     fn flush(&mut self, shared: &Shared) {
         self.batch.flush(&shared.udp, &mut self.report);
         let c = &shared.counters;
@@ -592,27 +675,51 @@ impl Sender {
     }
 }
 
-/// The forwarder, neighbours and sessions, locked for one batch; `None`
-/// once a panic elsewhere poisoned one (the thread then stops).
-fn lock_tables(
-    shared: &Shared,
-) -> Option<(
-    MutexGuard<'_, Forwarder>,
-    RwLockReadGuard<'_, Neighbours>,
-    RwLockReadGuard<'_, Sessions>,
-)> {
-    match (
-        shared.fwd.lock(),
-        shared.neighbours.read(),
-        shared.sessions.read(),
-    ) {
-        (Ok(fwd), Ok(neighbours), Ok(sessions)) => Some((fwd, neighbours, sessions)),
-        _ => None,
+impl Forwarding {
+    /// Installs the routes of `tables` if they are newer than the ones the
+    /// forwarder has (the other thread may have installed newer ones
+    /// already).
+    fn catch_up(&mut self, now: Instant, tables: &Tables) {
+        if tables.routes_version > self.routes_version {
+            self.fwd.set_routes(now, Routes::clone(&tables.routes));
+            self.routes_version = tables.routes_version;
+        }
+    }
+
+    /// Moves the batch's counters into what `weft status` reads.
+    fn publish(&mut self, published: &Leaf<Published>) {
+        let batch = std::mem::take(&mut self.fwd.stats);
+        if let Some(mut p) = published.lock() {
+            p.stats.add(&batch);
+            p.macs = self.fwd.macs().len();
+        }
     }
 }
 
-fn tap_loop(shared: &Shared) {
+/// The tables current at the start of a batch, and the forwarder locked
+/// with their routes; `None` once a panic elsewhere poisoned the
+/// forwarder (the thread then stops).
+fn begin_batch(
+    shared: &Shared,
+    now: Instant,
+) -> Option<(Arc<Tables>, RankedGuard<'_, Forwarding>)> {
+    let tables = shared.tables.load_full();
+    let mut fwd = shared.fwd.lock()?;
+    fwd.catch_up(now, &tables);
+    Some((tables, fwd))
+}
+
+/// Ends a batch: publishes the forwarder's counters, lets go of it, then
+/// sends what the batch queued.
+fn end_batch(shared: &Shared, mut fwd: RankedGuard<'_, Forwarding>, sender: &mut Sender) {
+    fwd.publish(&shared.published);
+    drop(fwd);
+    sender.flush(shared);
+}
+
+fn tap_loop(shared: &Shared, beat: &Beat) {
     let Some(tap) = &shared.tap else { return };
+    locks::enter_data_thread();
     let mut bufs: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; MAX_BLOB]).collect();
     let mut lens = [0usize; TAP_BATCH];
     let mut batcher = Batcher::new();
@@ -635,6 +742,7 @@ fn tap_loop(shared: &Shared) {
                 return;
             }
         }
+        let _busy = beat.busy();
         let mut n = 0;
         while n < TAP_BATCH {
             match tap.recv(&mut bufs[n]) {
@@ -659,10 +767,10 @@ fn tap_loop(shared: &Shared) {
             .bytes_from_tap
             .fetch_add(read as u64, Ordering::Relaxed);
         let now = Instant::now();
-        let Some((mut fwd, neighbours, sessions)) = lock_tables(shared) else {
+        let Some((tables, mut fwd)) = begin_batch(shared, now) else {
             return;
         };
-        let mut out = sender.out(shared, (&neighbours, &sessions), now);
+        let mut out = sender.out(shared, &tables, now);
         for i in 0..n {
             let blob = &mut bufs[i][..lens[i]];
             let Some(frame_len) = blob.len().checked_sub(vnet::LEN) else {
@@ -677,9 +785,14 @@ fn tap_loop(shared: &Shared) {
             if !vh.is_gso() && vh.flags & vnet::F_NEEDS_CSUM != 0 {
                 vnet::complete_checksum(&mut blob[vnet::LEN..], vh.csum_start, vh.csum_offset);
             }
-            let Some((dst, limit)) =
-                route(shared, &mut fwd, &mut hops, &out, now, &blob[vnet::LEN..])
-            else {
+            let Some((dst, limit)) = route(
+                shared,
+                &mut fwd.fwd,
+                &mut hops,
+                &out,
+                now,
+                &blob[vnet::LEN..],
+            ) else {
                 continue;
             };
             if !vh.is_gso() {
@@ -692,7 +805,8 @@ fn tap_loop(shared: &Shared) {
                     && !out.verified(&hops);
                 if !unverified_too_big {
                     let dest = dst.map_or(Destination::Everyone, Destination::Peer);
-                    batcher.push(&mut fwd, dest, &hops, limit, &blob[vnet::LEN..], &mut out);
+                    let frame = &blob[vnet::LEN..];
+                    batcher.push(&mut fwd.fwd, dest, &hops, limit, frame, &mut out);
                     continue;
                 }
                 blob[..vnet::LEN].copy_from_slice(&VnetHeader::PLAIN);
@@ -702,7 +816,8 @@ fn tap_loop(shared: &Shared) {
             batcher.flush(&mut out);
             frame_id = frame_id.wrapping_add(1);
             // Cutting or sealing 64 KB takes a while: the UDP thread may
-            // have the forwarder meanwhile.
+            // have the forwarder meanwhile. Nothing else is held, so taking
+            // it back cannot close a cycle (see crate::shell::locks).
             drop(fwd);
             let sent = send_whole(
                 shared.local,
@@ -713,26 +828,22 @@ fn tap_loop(shared: &Shared) {
                 blob,
                 &mut scratch,
             );
-            fwd = match shared.fwd.lock() {
-                Ok(f) => f,
-                Err(_) => return,
-            };
+            let Some(f) = shared.fwd.lock() else { return };
+            fwd = f;
+            let stats = &mut fwd.fwd.stats;
             if sent {
-                fwd.stats.frames_sent += 1;
-                fwd.stats.large_frames_sent += 1;
+                stats.frames_sent += 1;
+                stats.large_frames_sent += 1;
             } else if !hops.is_empty() {
-                fwd.stats.drop(DropReason::TooBig);
+                stats.drop(DropReason::TooBig);
             }
         }
         batcher.flush(&mut out);
         if now.duration_since(last_sweep) >= MAC_SWEEP {
-            fwd.macs_mut().expire(now);
+            fwd.fwd.macs_mut().expire(now);
             last_sweep = now;
         }
-        drop(fwd);
-        drop(neighbours);
-        drop(sessions);
-        sender.flush(shared);
+        end_batch(shared, fwd, &mut sender);
     }
 }
 
@@ -820,7 +931,8 @@ fn send_whole(
     sent
 }
 
-fn udp_loop(shared: &Shared) {
+fn udp_loop(shared: &Shared, beat: &Beat) {
+    locks::enter_data_thread();
     let mut batch = RecvBatch::default();
     let mut sender = Sender::new();
     let mut hops: Vec<PeerName> = Vec::new();
@@ -836,6 +948,7 @@ fn udp_loop(shared: &Shared) {
                 continue;
             }
         };
+        let _busy = beat.busy();
         let now = Instant::now();
         if now.duration_since(last_sweep) >= MAC_SWEEP {
             reassembler.expire(now);
@@ -845,10 +958,11 @@ fn udp_loop(shared: &Shared) {
         if n == 0 {
             continue;
         }
-        let Some((mut fwd, neighbours, sessions)) = lock_tables(shared) else {
+        let Some((tables, mut fwd)) = begin_batch(shared, now) else {
             return;
         };
-        let mut out = sender.out(shared, (&neighbours, &sessions), now);
+        let (neighbours, sessions) = (&tables.neighbours, &tables.sessions);
+        let mut out = sender.out(shared, &tables, now);
         // Byte counts of this batch, published once after it.
         let (mut received, mut relayed) = (0u64, 0u64);
         for (addr, raw) in batch.iter_mut() {
@@ -857,7 +971,7 @@ fn udp_loop(shared: &Shared) {
             // Open sealed datagrams in place; `sender` is the neighbour the
             // session authenticates, whatever the source address says.
             let (datagram, sender) = match raw.first() {
-                Some(&sealed::MAGIC) => match open(shared, &sessions, now, raw) {
+                Some(&sealed::MAGIC) => match open(shared, sessions, now, raw) {
                     Some((len, peer)) => (
                         &mut raw[sealed::HEADER_LEN..sealed::HEADER_LEN + len],
                         Some(peer),
@@ -865,7 +979,7 @@ fn udp_loop(shared: &Shared) {
                     None => continue,
                 },
                 Some(&FRAGMENT_MAGIC) => {
-                    match open_fragment(shared, &sessions, &mut defragmenter, now, raw) {
+                    match open_fragment(shared, sessions, &mut defragmenter, now, raw) {
                         Some((plain, peer)) => (plain, Some(peer)),
                         None => continue,
                     }
@@ -903,6 +1017,7 @@ fn udp_loop(shared: &Shared) {
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            let fwd = &mut fwd.fwd;
             let Ok(verdict) = fwd.from_mesh(from, datagram, &mut hops) else {
                 continue;
             };
@@ -915,14 +1030,7 @@ fn udp_loop(shared: &Shared) {
                         }
                     }
                 } else {
-                    deliver_piece(
-                        shared,
-                        &mut fwd,
-                        &mut reassembler,
-                        now,
-                        verdict.origin,
-                        datagram,
-                    );
+                    deliver_piece(shared, fwd, &mut reassembler, now, verdict.origin, datagram);
                 }
             }
             for &hop in &hops {
@@ -943,10 +1051,7 @@ fn udp_loop(shared: &Shared) {
                 }
             }
         }
-        drop(fwd);
-        drop(neighbours);
-        drop(sessions);
-        sender.flush(shared);
+        end_batch(shared, fwd, &mut sender);
         let c = &shared.counters;
         c.bytes_received.fetch_add(received, Ordering::Relaxed);
         c.bytes_relayed.fetch_add(relayed, Ordering::Relaxed);
@@ -977,7 +1082,7 @@ fn open(
         shared.counters.crypto_drop(DataError::UnknownIndex);
         return None;
     };
-    let mut s = session.lock().ok()?;
+    let mut s = session.lock()?;
     match s.open(now, datagram) {
         Ok(plain) => Some((plain.len(), *peer)),
         Err(e) => {
@@ -1015,15 +1120,10 @@ fn open_fragment<'d>(
     // The session is held for the checks, not for decrypting 64 KB: the
     // TAP thread seals to the same neighbour meanwhile.
     let key = session
-        .lock()
-        .ok()?
+        .lock()?
         .message_open_key(now, &prefix, message.len());
     let opened = match key.and_then(|k| k.open(message)) {
-        Ok(len) => session
-            .lock()
-            .ok()?
-            .accept_message(now, &prefix)
-            .map(|()| len),
+        Ok(len) => session.lock()?.accept_message(now, &prefix).map(|()| len),
         Err(e) => Err(e),
     };
     match opened {
@@ -1085,7 +1185,9 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let dp = DataPlane::start(n(2), sock, None, tx).unwrap();
+        let dog = crate::shell::watchdog::Watchdog::start().unwrap();
+        let beats = [dog.register("weft-udp"), dog.register("weft-tap")];
+        let dp = DataPlane::start(n(2), sock, None, tx, beats).unwrap();
         let (a, b, c) = ([n(2)], [n(1), n(3)], [n(2)]);
         let routes = Routes::compute(
             n(2),
@@ -1139,8 +1241,10 @@ mod tests {
         while dp.stats().unknown_sender == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(dp.stats().unknown_sender, 1);
-        assert_eq!(dp.stats().datagrams_relayed, 1);
+        let stats = dp.stats();
+        assert_eq!(stats.unknown_sender, 1);
+        assert_eq!(stats.datagrams_relayed, 1);
+        assert_eq!(dog.stalls()["weft-udp"], 0);
         dp.stop();
     }
 }

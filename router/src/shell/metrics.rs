@@ -93,6 +93,17 @@ pub fn encode_status(status: &RouterStatus) -> Result<String, std::fmt::Error> {
             .inc_by(*n);
     }
 
+    let stalls = counter_family(
+        &mut registry,
+        "watchdog_stalls",
+        "Times a thread was found stuck on one piece of work for longer than the watchdog allows, by thread",
+    );
+    for (thread, n) in &status.watchdog_stalls {
+        stalls
+            .get_or_create(&vec![("thread", thread.clone())])
+            .inc_by(*n);
+    }
+
     let pmtu = gauge_family(
         &mut registry,
         "path_mtu_bytes",
@@ -218,6 +229,7 @@ pub fn encode_status(status: &RouterStatus) -> Result<String, std::fmt::Error> {
             ("tap_write_error", dp.tap_write_errors),
             ("udp_too_big", dp.udp_too_big),
             ("udp_send_failed", dp.udp_send_failed),
+            ("control_send_dropped", dp.control_send_dropped),
             ("unknown_sender", dp.unknown_sender),
             ("reassembly_abandoned", dp.reassembly_abandoned),
         ];

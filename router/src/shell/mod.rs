@@ -17,11 +17,13 @@ pub mod expose;
 pub mod home;
 pub mod host;
 pub mod http_api;
+pub mod locks;
 pub mod metrics;
 pub mod preflight;
 pub mod sockets;
 pub mod status_page;
 pub mod udp_io;
+pub mod watchdog;
 
 use std::io;
 

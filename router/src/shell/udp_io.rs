@@ -367,6 +367,7 @@ impl SendBatch {
 
     /// Sends everything queued with as few system calls as possible.
     pub fn flush(&mut self, sock: &UdpSocket, report: &mut SendReport) {
+        crate::shell::locks::before_syscall("send datagrams");
         let mut plan = Vec::with_capacity(self.len);
         runs(&self.bufs[..self.len], &self.addrs, self.gso, &mut plan);
         // One address per run: a 64 KB train is one run of ~46 datagrams.
