@@ -252,16 +252,32 @@ fn a_name_collision_is_rejected_with_a_reason_on_both_sides() {
 }
 
 #[test]
-fn no_common_version_is_rejected() {
+fn no_common_version_is_rejected_on_both_sides_naming_both_versions() {
+    // A router of the build before version 2 (it said 1) dials this one.
     let mut old = config(identity(1, 11));
     old.protocol_versions = 1..=1;
-    let mut new = config(identity(2, 22));
-    new.protocol_versions = 2..=3;
+    let new = config(identity(2, 22));
+    assert_eq!(new.protocol_versions, 2..=2, "this build speaks 2 alone");
     let mut net = Net::new(vec![old, new]);
     let t = net.target(1);
     net.routers[0].add_targets(net.now, [t]);
     net.pump();
-    assert!(net.established(0).is_empty());
+    assert!(net.established(0).is_empty() && net.established(1).is_empty());
+    let reason = |i: usize| {
+        net.closed
+            .iter()
+            .find(|(r, _)| *r == i)
+            .map(|(_, reason)| reason.as_str())
+            .unwrap_or_else(|| panic!("router {i} closed nothing: {:?}", net.closed))
+    };
+    assert_eq!(
+        reason(0),
+        "no common protocol version: we speak 1..=1, the peer speaks 2..=2; upgrade the older router"
+    );
+    assert_eq!(
+        reason(1),
+        "no common protocol version: we speak 2..=2, the peer speaks 1..=1; upgrade the older router"
+    );
     assert!(
         net.closed
             .iter()

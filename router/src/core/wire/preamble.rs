@@ -18,9 +18,15 @@ use super::WireError;
 pub const MAGIC: [u8; 8] = *b"weft\r\n\x1a\n";
 pub const PREAMBLE_LEN: usize = 10;
 
-/// Protocol versions this build speaks.
-pub const PROTOCOL_MIN: u8 = 1;
-pub const PROTOCOL_MAX: u8 = 1;
+/// Protocol versions this build speaks (docs/protocol.md, "Versioning").
+///
+/// Version 2 is the layout on the wire since encrypted control channels
+/// rekey in band and a refused key is answered with a key refusal; builds
+/// from before that also said 1, so 1 is no longer spoken: such a router
+/// is refused at the preamble, naming both ranges, instead of losing its
+/// connections at the first rekey.
+pub const PROTOCOL_MIN: u8 = 2;
+pub const PROTOCOL_MAX: u8 = 2;
 
 /// A parsed preamble.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +95,11 @@ mod tests {
         assert_eq!(
             bytes,
             [b'w', b'e', b'f', b't', 0x0d, 0x0a, 0x1a, 0x0a, 0x01, 0x03]
+        );
+        assert_eq!(
+            Preamble::new(PROTOCOL_MIN..=PROTOCOL_MAX).emit(),
+            [b'w', b'e', b'f', b't', 0x0d, 0x0a, 0x1a, 0x0a, 0x02, 0x02],
+            "this build's preamble, as docs/protocol.md shows it"
         );
     }
 
