@@ -475,7 +475,7 @@ impl Ord for Queued {
     }
 }
 
-type Setup = Box<dyn FnMut(PeerId, &mut Router)>;
+type Setup = Box<dyn FnMut(PeerId, &mut Router, Instant)>;
 
 /// `(peer, incarnation, handle)`: one router's end of a connection.
 type EndKey = (PeerId, u64, ConnHandle);
@@ -535,7 +535,7 @@ impl Sim {
 
     /// Runs `f` on every router when it is created (now and on restarts),
     /// e.g. to register gossip channels. Set it before adding peers.
-    pub fn on_router_created(&mut self, f: impl FnMut(PeerId, &mut Router) + 'static) {
+    pub fn on_router_created(&mut self, f: impl FnMut(PeerId, &mut Router, Instant) + 'static) {
         self.setup = Some(Box::new(f));
     }
 
@@ -1122,9 +1122,10 @@ impl Sim {
         let mut config = RouterConfig::new(identity, LISTEN_PORT, seed);
         config.discovery = self.config.discovery;
         (self.config.configure)(&mut config);
-        let mut router = Router::new(config, self.base + self.now);
+        let now = self.base + self.now;
+        let mut router = Router::new(config, now);
         if let Some(setup) = self.setup.as_mut() {
-            setup(peer, &mut router);
+            setup(peer, &mut router, now);
         }
         let targets = slot.targets.clone();
         self.peers[peer].router = Some(router);

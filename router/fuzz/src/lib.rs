@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use weft_router::core::conn_maker::ConnHandle;
 use weft_router::core::crypto::handshake::{HELLO_LEN, PLAINTEXT_HELLO};
-use weft_router::core::gossip::{GossipStats, Gossiper, TOPOLOGY_CHANNEL};
+use weft_router::core::gossip::{Channel, ChannelCtx, ChannelError, GossipStats, TOPOLOGY_CHANNEL};
 use weft_router::core::identity::{Identity, PeerName, PeerUid};
 use weft_router::core::wire::addr::{PeerAddr, WireAddr};
 use weft_router::core::wire::control::{ControlMessage, Features};
@@ -401,33 +401,58 @@ pub struct RouterRun {
 }
 
 /// A channel that accepts payloads starting with an even byte (and passes
-/// them on) and rejects the rest, so both outcomes of a `Gossiper` call are
-/// exercised.
+/// them on, and answers the sender by unicast) and refuses the rest, so
+/// every outcome of a `Channel` call is exercised.
 #[derive(Debug, Default)]
 pub struct EchoChannel {
     last: Option<Vec<u8>>,
 }
 
-impl Gossiper for EchoChannel {
-    fn on_gossip(&mut self, _from: PeerName, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
+impl EchoChannel {
+    fn accept(&mut self, payload: &[u8]) -> Result<bool, ChannelError> {
         match payload.first() {
             Some(b) if b % 2 == 0 => {
-                if self.last.as_deref() == Some(payload) {
-                    return Ok(None);
-                }
+                let new = self.last.as_deref() != Some(payload);
                 self.last = Some(payload.to_vec());
-                Ok(Some(payload.to_vec()))
+                Ok(new)
             }
-            _ => Err("odd or empty payload".into()),
+            _ => Err(ChannelError::Refused("odd or empty payload".into())),
         }
     }
+}
 
-    fn on_unicast(&mut self, _src: PeerName, payload: &[u8]) -> Result<(), String> {
-        self.on_gossip(name(PEER_NAME), payload).map(|_| ())
+impl Channel for EchoChannel {
+    fn on_gossip(
+        &mut self,
+        ctx: &mut ChannelCtx,
+        _from: PeerName,
+        payload: &[u8],
+    ) -> Result<(), ChannelError> {
+        if self.accept(payload)? {
+            ctx.gossip(payload.to_vec());
+        }
+        Ok(())
     }
 
-    fn on_broadcast(&mut self, _src: PeerName, payload: &[u8]) -> Result<(), String> {
-        self.on_gossip(name(PEER_NAME), payload).map(|_| ())
+    fn on_unicast(
+        &mut self,
+        ctx: &mut ChannelCtx,
+        src: PeerName,
+        payload: &[u8],
+    ) -> Result<(), ChannelError> {
+        if self.accept(payload)? {
+            ctx.unicast(src, payload.to_vec());
+        }
+        Ok(())
+    }
+
+    fn on_broadcast(
+        &mut self,
+        _ctx: &mut ChannelCtx,
+        _src: PeerName,
+        payload: &[u8],
+    ) -> Result<(), ChannelError> {
+        self.accept(payload).map(|_| ())
     }
 
     fn full_state(&self) -> Vec<Vec<u8>> {
@@ -488,7 +513,7 @@ fn new_router(now: Instant) -> Router {
     };
     let mut router = Router::new(RouterConfig::new(identity, 6783, 0), now);
     router
-        .register_channel(TEST_CHANNEL, Box::new(EchoChannel::default()))
+        .register_channel(now, TEST_CHANNEL, Box::new(EchoChannel::default()))
         .expect("test channel registers");
     router
 }
@@ -672,12 +697,14 @@ fn session_messages() -> Vec<ControlMessage> {
             channel: TEST_CHANNEL.into(),
             src: name(OTHER_NAME),
             dst: name(ROUTER_NAME),
+            hop_limit: 64,
             payload: vec![0x04],
         },
         ControlMessage::GossipUnicast {
             channel: TEST_CHANNEL.into(),
             src: name(ROUTER_NAME),
             dst: name(OTHER_NAME),
+            hop_limit: 1,
             payload: vec![0x06],
         },
         ControlMessage::GossipBroadcast {

@@ -22,7 +22,10 @@ use crate::core::conn_maker::{
 use crate::core::connection::{CloseReason, ConnEvent, ConnState, Connection, Direction};
 use crate::core::crypto::{DataLimits, DataSession, HandshakeConfig};
 use crate::core::data_path::{DataPath, DataPathConfig, ack_for_probe};
-use crate::core::gossip::{self, GossipKind, GossipStats, Gossiper, TOPOLOGY_CHANNEL};
+use crate::core::gossip::{
+    self, Channel, ChannelCtx, ChannelError, GossipKind, GossipStats, Outgoing, PeerEvent,
+    TOPOLOGY_CHANNEL, UNICAST_HOP_LIMIT,
+};
 use crate::core::identity::{Identity, PeerName};
 use crate::core::rate_limit::HandshakeLimiter;
 use crate::core::routes::Routes;
@@ -30,7 +33,7 @@ use crate::core::status::{
     ConnectionStatus, DataPathStatus, EncryptionStatus, PeerConnectionStatus, PeerStatus,
     RouterStatus, TargetStatus,
 };
-use crate::core::topology::Topology;
+use crate::core::topology::{Topology, TopologyChannel};
 use crate::core::wire::addr::Subnet;
 use crate::core::wire::addr::{PeerAddr, WireAddr};
 use crate::core::wire::control::{ControlMessage, Features, MAX_REASON_LEN, validate_channel};
@@ -165,9 +168,13 @@ pub struct Router {
     /// The established connection to each neighbour.
     by_peer: HashMap<PeerName, ConnHandle>,
     next_handle: ConnHandle,
-    topology: Topology,
+    topology: TopologyChannel,
     maker: ConnectionMaker,
-    channels: BTreeMap<String, Box<dyn Gossiper>>,
+    /// Registered channels; a slot is empty only while its handler runs.
+    channels: BTreeMap<String, Option<Box<dyn Channel>>>,
+    /// Peers reachable at the last topology change, to tell channels who
+    /// came and went.
+    reachable: BTreeSet<PeerName>,
     actions: VecDeque<Action>,
     sessions_out: VecDeque<SessionEvent>,
     limiter: HandshakeLimiter,
@@ -213,7 +220,8 @@ impl Router {
         let first_gossip = now + config.gossip_interval.mul_f64(rng.random_range(0.5..1.0));
         Self {
             preamble: Preamble::new(config.protocol_versions.clone()),
-            topology: Topology::new(&config.identity, config.gc_grace),
+            topology: TopologyChannel::new(Topology::new(&config.identity, config.gc_grace)),
+            reachable: BTreeSet::new(),
             maker: ConnectionMaker::new(config.backoff.clone()),
             config,
             rng,
@@ -433,6 +441,19 @@ impl Router {
             }
         }
         self.run_data_paths(now);
+        let due: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| {
+                c.as_deref()
+                    .and_then(|c| c.poll_timeout())
+                    .is_some_and(|t| t <= now)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            self.run_channel(now, &name, None, |c, ctx| c.on_timeout(ctx));
+        }
         let removed = self.topology.gc(now);
         if !removed.is_empty() {
             for e in &removed {
@@ -492,6 +513,9 @@ impl Router {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
             }
         };
+        for c in self.channels.values().flatten() {
+            consider(c.poll_timeout());
+        }
         for c in self.conns.values() {
             match c.state {
                 ConnState::Established { .. } => {
@@ -623,22 +647,106 @@ impl Router {
 
     // ----- gossip API for channels -----
 
-    /// Registers a gossip channel (address allocation, names, ...).
+    /// Registers a gossip channel (address allocation, names, ...). It
+    /// hears at once about every peer reachable now.
     pub fn register_channel(
         &mut self,
+        now: Instant,
         name: &str,
-        gossiper: Box<dyn Gossiper>,
+        channel: Box<dyn Channel>,
     ) -> Result<(), GossipError> {
         validate_channel(name).map_err(GossipError::BadChannel)?;
         if name == TOPOLOGY_CHANNEL || self.channels.contains_key(name) {
             return Err(GossipError::DuplicateChannel(name.to_owned()));
         }
-        self.channels.insert(name.to_owned(), gossiper);
+        self.channels.insert(name.to_owned(), Some(channel));
+        let reachable: Vec<PeerName> = self.reachable.iter().copied().collect();
+        for peer in reachable {
+            self.run_channel(now, name, None, |c, ctx| {
+                c.on_peer(ctx, peer, PeerEvent::Reachable)
+            });
+        }
         Ok(())
     }
 
-    pub fn channel(&self, name: &str) -> Option<&dyn Gossiper> {
-        self.channels.get(name).map(|g| g.as_ref())
+    /// A registered channel's state, by its type (for status and the API).
+    pub fn channel<T: Channel>(&self, name: &str) -> Option<&T> {
+        let channel: &dyn Channel = self.channels.get(name)?.as_deref()?;
+        (channel as &dyn std::any::Any).downcast_ref::<T>()
+    }
+
+    /// Calls `f` on the registered channel `name` of type `T` (a local
+    /// request: allocate an address, register a name), then sends what it
+    /// queued. `None` if there is no such channel of that type.
+    pub fn with_channel<T: Channel, R>(
+        &mut self,
+        now: Instant,
+        name: &str,
+        f: impl FnOnce(&mut T, &mut ChannelCtx) -> R,
+    ) -> Option<R> {
+        self.run_channel(now, name, None, |c, ctx| {
+            (c as &mut dyn std::any::Any)
+                .downcast_mut::<T>()
+                .map(|t| f(t, ctx))
+        })
+        .flatten()
+    }
+
+    /// Runs `f` on channel `name` (the topology included), then sends what
+    /// it queued; plain gossip never goes back to `from`, the neighbour
+    /// the message being handled came from. `None` if there is no such
+    /// channel.
+    fn run_channel<R>(
+        &mut self,
+        now: Instant,
+        name: &str,
+        from: Option<PeerName>,
+        f: impl FnOnce(&mut dyn Channel, &mut ChannelCtx) -> R,
+    ) -> Option<R> {
+        let mut out = Vec::new();
+        let mut ctx = ChannelCtx::new(now, self.config.identity.name, &mut out);
+        let result = if name == TOPOLOGY_CHANNEL {
+            f(&mut self.topology, &mut ctx)
+        } else {
+            let mut channel = self.channels.get_mut(name)?.take()?;
+            let result = f(channel.as_mut(), &mut ctx);
+            if let Some(slot) = self.channels.get_mut(name) {
+                *slot = Some(channel);
+            }
+            result
+        };
+        for o in out {
+            self.send_outgoing(now, name, from, o);
+        }
+        if name == TOPOLOGY_CHANNEL {
+            self.after_topology_merges(now);
+        }
+        Some(result)
+    }
+
+    fn send_outgoing(&mut self, now: Instant, channel: &str, from: Option<PeerName>, o: Outgoing) {
+        let sent = match o {
+            Outgoing::Gossip(payload) => {
+                let msg = ControlMessage::Gossip {
+                    channel: channel.to_owned(),
+                    payload,
+                };
+                self.spread(now, &msg, channel, from, GossipKind::Delta);
+                Ok(())
+            }
+            Outgoing::Unicast { dst, payload } => self.send_unicast(now, channel, dst, payload),
+            Outgoing::Broadcast(payload) => self.send_broadcast(now, channel, payload),
+        };
+        if let Err(e) = sent {
+            self.stats.undeliverable += 1;
+            debug!(%channel, error = %e, "channel message not sent");
+        }
+    }
+
+    /// Logs and counts a message a channel refused.
+    fn refused(&mut self, channel: &str, peer: PeerName, how: GossipKind, e: &ChannelError) {
+        *self.stats.refused.entry(channel.to_owned()).or_default() += 1;
+        warn!(%peer, %channel, kind = ?how, error = %e, "gossip refused");
     }
 
     /// Plain gossip to `fanout` random neighbours.
@@ -675,6 +783,7 @@ impl Router {
             channel: channel.to_owned(),
             src: self.config.identity.name,
             dst,
+            hop_limit: UNICAST_HOP_LIMIT,
             payload,
         };
         self.send_to_peer(now, hop, &msg, channel, GossipKind::Unicast);
@@ -983,39 +1092,40 @@ impl Router {
             ControlMessage::Gossip { channel, payload } => {
                 self.stats
                     .record_received(&channel, GossipKind::Delta, payload.len());
-                if channel == TOPOLOGY_CHANNEL {
-                    match TopologyUpdate::decode(&payload) {
-                        Ok(update) => self.on_topology(now, from, update),
-                        Err(e) => self.close(now, conn, CloseReason::Protocol(e), true),
+                let handled = self.run_channel(now, &channel, Some(from), |c, ctx| {
+                    c.on_gossip(ctx, from, &payload)
+                });
+                match handled {
+                    // Topology is the mesh itself: a neighbour that sends
+                    // it garbage breaks the protocol.
+                    Some(Err(ChannelError::Malformed(e))) if channel == TOPOLOGY_CHANNEL => {
+                        self.close(now, conn, CloseReason::Protocol(e), true);
                     }
-                } else if let Some(g) = self.channels.get_mut(&channel) {
-                    match g.on_gossip(from, &payload) {
-                        Ok(Some(delta)) => {
-                            let msg = ControlMessage::Gossip {
-                                channel: channel.clone(),
-                                payload: delta,
-                            };
-                            self.spread(now, &msg, &channel, Some(from), GossipKind::Delta);
-                        }
-                        Ok(None) => {}
-                        Err(e) => warn!(peer = %from, %channel, error = %e, "rejected gossip"),
-                    }
+                    Some(Err(e)) => self.refused(&channel, from, GossipKind::Delta, &e),
+                    Some(Ok(())) | None => {}
                 }
             }
             ControlMessage::GossipUnicast {
                 channel,
                 src,
                 dst,
+                hop_limit,
                 payload,
             } => {
                 self.stats
                     .record_received(&channel, GossipKind::Unicast, payload.len());
                 if dst == me {
-                    if let Some(g) = self.channels.get_mut(&channel)
-                        && let Err(e) = g.on_unicast(src, &payload)
-                    {
-                        warn!(peer = %src, %channel, error = %e, "rejected unicast gossip");
+                    let handled = self.run_channel(now, &channel, None, |c, ctx| {
+                        c.on_unicast(ctx, src, &payload)
+                    });
+                    if let Some(Err(e)) = handled {
+                        self.refused(&channel, src, GossipKind::Unicast, &e);
                     }
+                    return;
+                }
+                if hop_limit <= 1 {
+                    self.stats.hop_limit_exceeded += 1;
+                    debug!(%src, %dst, %channel, "dropping unicast gossip at its hop limit");
                     return;
                 }
                 match self.topology.routes().next_hop(dst) {
@@ -1024,6 +1134,7 @@ impl Router {
                             channel: channel.clone(),
                             src,
                             dst,
+                            hop_limit: hop_limit - 1,
                             payload,
                         };
                         self.send_to_peer(now, hop, &msg, &channel, GossipKind::Unicast);
@@ -1044,10 +1155,11 @@ impl Router {
                 if src == me {
                     return;
                 }
-                if let Some(g) = self.channels.get_mut(&channel)
-                    && let Err(e) = g.on_broadcast(src, &payload)
-                {
-                    warn!(peer = %src, %channel, error = %e, "rejected broadcast gossip");
+                let handled = self.run_channel(now, &channel, None, |c, ctx| {
+                    c.on_broadcast(ctx, src, &payload)
+                });
+                if let Some(Err(e)) = handled {
+                    self.refused(&channel, src, GossipKind::Broadcast, &e);
                 }
                 let hops = self.topology.routes_mut().broadcast_next_hops(src).to_vec();
                 let msg = ControlMessage::GossipBroadcast {
@@ -1062,8 +1174,20 @@ impl Router {
         }
     }
 
-    fn on_topology(&mut self, now: Instant, from: PeerName, update: TopologyUpdate) {
-        let outcome = self.topology.merge(now, update);
+    /// Reacts to what the topology channel merged: logs, routes, discovery.
+    /// (The channel itself gossiped the new entries on.)
+    fn after_topology_merges(&mut self, now: Instant) {
+        let mut changed = false;
+        for (from, outcome) in self.topology.take_merged() {
+            self.log_merge(from, &outcome);
+            changed |= !outcome.delta.is_empty();
+        }
+        if changed {
+            self.topology_changed(now);
+        }
+    }
+
+    fn log_merge(&self, from: PeerName, outcome: &crate::core::topology::MergeOutcome) {
         if let Some(uid) = outcome.superseded_other_incarnation {
             info!(
                 stale_uid = %uid,
@@ -1074,10 +1198,6 @@ impl Router {
             if let Some(e) = self.topology.get(*p) {
                 info!(peer = %p, nickname = %e.nickname, via = %from, "peer joined");
             }
-        }
-        if !outcome.delta.is_empty() {
-            self.spread_topology(now, outcome.delta, Some(from));
-            self.topology_changed(now);
         }
     }
 
@@ -1106,9 +1226,11 @@ impl Router {
         }
     }
 
-    /// Reacts to any change of the topology: discovery targets, redials.
+    /// Reacts to any change of the topology: channels hear who came and
+    /// went, discovery targets, redials.
     fn topology_changed(&mut self, now: Instant) {
         self.data_version += 1;
+        self.tell_channels_reachability(now);
         if self.config.discovery {
             let me = self.config.identity.name;
             let routes = self.topology.routes();
@@ -1146,6 +1268,38 @@ impl Router {
         self.dial_due(now);
     }
 
+    /// Tells every registered channel which peers became reachable or
+    /// unreachable since the last change.
+    fn tell_channels_reachability(&mut self, now: Instant) {
+        let me = self.config.identity.name;
+        let routes = self.topology.routes();
+        let reachable: BTreeSet<PeerName> = self
+            .topology
+            .peers()
+            .map(|e| e.name)
+            .filter(|&p| p != me && routes.reachable(p))
+            .collect();
+        let events: Vec<(PeerName, PeerEvent)> = reachable
+            .difference(&self.reachable)
+            .map(|&p| (p, PeerEvent::Reachable))
+            .chain(
+                self.reachable
+                    .difference(&reachable)
+                    .map(|&p| (p, PeerEvent::Unreachable)),
+            )
+            .collect();
+        self.reachable = reachable;
+        if events.is_empty() {
+            return;
+        }
+        let names: Vec<String> = self.channels.keys().cloned().collect();
+        for name in names {
+            for &(peer, event) in &events {
+                self.run_channel(now, &name, None, |c, ctx| c.on_peer(ctx, peer, event));
+            }
+        }
+    }
+
     fn dial_due(&mut self, now: Instant) {
         // A target already served by an established connection (one the
         // peer dialled, or one to the discovered peer) needs no dial.
@@ -1177,17 +1331,16 @@ impl Router {
     }
 
     fn send_full_state(&mut self, now: Instant, peer: PeerName) {
-        for chunk in TopologyUpdate::encode_chunked(self.topology.full_state()) {
-            let msg = ControlMessage::Gossip {
-                channel: TOPOLOGY_CHANNEL.into(),
-                payload: chunk,
-            };
-            self.send_to_peer(now, peer, &msg, TOPOLOGY_CHANNEL, GossipKind::FullState);
-        }
-        let states: Vec<(String, Vec<Vec<u8>>)> = self
-            .channels
-            .iter()
-            .map(|(name, g)| (name.clone(), g.full_state()))
+        let topology = (
+            TOPOLOGY_CHANNEL.to_owned(),
+            Channel::full_state(&self.topology),
+        );
+        let states: Vec<(String, Vec<Vec<u8>>)> = std::iter::once(topology)
+            .chain(
+                self.channels
+                    .iter()
+                    .filter_map(|(name, c)| Some((name.clone(), c.as_deref()?.full_state()))),
+            )
             .collect();
         for (channel, chunks) in states {
             for payload in chunks {

@@ -9,8 +9,10 @@
 //! without a full-state round trip.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
+use crate::core::gossip::{Channel, ChannelCtx, ChannelError};
 use crate::core::identity::{Identity, PeerName, PeerUid};
 use crate::core::routes::{Graph, Routes};
 use crate::core::wire::topology::{ConnEntry, PeerEntry, TopologyUpdate};
@@ -238,6 +240,86 @@ impl Topology {
                 }
             }
         }
+    }
+}
+
+/// The topology as a gossip channel, behind the same [`Channel`]
+/// interface as every other channel. Merges are kept for the router to
+/// react to (routes, discovery, logs) once the handler returns.
+#[derive(Debug)]
+pub struct TopologyChannel {
+    topology: Topology,
+    merged: Vec<(PeerName, MergeOutcome)>,
+}
+
+impl TopologyChannel {
+    pub fn new(topology: Topology) -> Self {
+        Self {
+            topology,
+            merged: Vec::new(),
+        }
+    }
+
+    /// What each merge since the last call did, with the neighbour that
+    /// sent it.
+    pub fn take_merged(&mut self) -> Vec<(PeerName, MergeOutcome)> {
+        std::mem::take(&mut self.merged)
+    }
+}
+
+impl Deref for TopologyChannel {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.topology
+    }
+}
+
+impl DerefMut for TopologyChannel {
+    fn deref_mut(&mut self) -> &mut Topology {
+        &mut self.topology
+    }
+}
+
+impl Channel for TopologyChannel {
+    fn on_gossip(
+        &mut self,
+        ctx: &mut ChannelCtx,
+        from: PeerName,
+        payload: &[u8],
+    ) -> Result<(), ChannelError> {
+        let update = TopologyUpdate::decode(payload)?;
+        let outcome = self.topology.merge(ctx.now, update);
+        for chunk in TopologyUpdate::encode_chunked(outcome.delta.clone()) {
+            ctx.gossip(chunk);
+        }
+        self.merged.push((from, outcome));
+        Ok(())
+    }
+
+    fn on_unicast(
+        &mut self,
+        _: &mut ChannelCtx,
+        _: PeerName,
+        _: &[u8],
+    ) -> Result<(), ChannelError> {
+        Err(ChannelError::Refused(
+            "the topology channel carries plain gossip only".into(),
+        ))
+    }
+
+    fn on_broadcast(
+        &mut self,
+        _: &mut ChannelCtx,
+        _: PeerName,
+        _: &[u8],
+    ) -> Result<(), ChannelError> {
+        Err(ChannelError::Refused(
+            "the topology channel carries plain gossip only".into(),
+        ))
+    }
+
+    fn full_state(&self) -> Vec<Vec<u8>> {
+        TopologyUpdate::encode_chunked(self.topology.full_state())
     }
 }
 

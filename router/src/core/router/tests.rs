@@ -762,3 +762,49 @@ mod encryption {
         );
     }
 }
+
+#[test]
+fn unicast_gossip_is_relayed_with_one_hop_less_and_dropped_at_its_limit() {
+    // A line 0 - 1 - 2, in plaintext, so a test can speak for router 0.
+    let mut net = Net::new((1..=3).map(|i| config(identity(i, i * 11))).collect());
+    connect_all(&mut net, &[(0, 1), (1, 2)]);
+    let from_0 = net
+        .links
+        .iter()
+        .find(|(from, to)| from.0 == 1 && to.0 == 0)
+        .map(|(from, _)| from.1)
+        .expect("router 1 has a connection from router 0");
+    let unicast = |hop_limit| {
+        let msg = ControlMessage::GossipUnicast {
+            channel: "test".into(),
+            src: identity(1, 11).name,
+            dst: identity(3, 33).name,
+            hop_limit,
+            payload: vec![7],
+        };
+        crate::core::wire::framing::encode_frame(&msg.encode()).unwrap()
+    };
+    let relayed = |net: &Net, i: usize| {
+        net.routers[i]
+            .gossip_stats()
+            .sent
+            .get(&("test".to_owned(), GossipKind::Unicast))
+            .map_or(0, |c| c.messages)
+    };
+    let now = net.now;
+    net.routers[1].handle_bytes(now, from_0, &unicast(1));
+    net.pump();
+    assert_eq!(net.routers[1].gossip_stats().hop_limit_exceeded, 1);
+    assert_eq!(relayed(&net, 1), 0, "a message at its limit goes no further");
+
+    net.routers[1].handle_bytes(now, from_0, &unicast(2));
+    net.pump();
+    assert_eq!(relayed(&net, 1), 1, "one hop left: relayed to router 2");
+    let received = net.routers[2]
+        .gossip_stats()
+        .received
+        .get(&("test".to_owned(), GossipKind::Unicast))
+        .map_or(0, |c| c.messages);
+    assert_eq!(received, 1);
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+}

@@ -39,11 +39,13 @@ pub enum ControlMessage {
     Heartbeat,
     /// 2: plain gossip from a direct neighbour, merged and passed on if new.
     Gossip { channel: String, payload: Vec<u8> },
-    /// 3: addressed to `dst`, relayed hop by hop along unicast routes.
+    /// 3: addressed to `dst`, relayed hop by hop along unicast routes;
+    /// each relay decrements `hop_limit` and drops the message at 1.
     GossipUnicast {
         channel: String,
         src: PeerName,
         dst: PeerName,
+        hop_limit: u8,
         payload: Vec<u8>,
     },
     /// 4: from `src` to every peer, forwarded down `src`'s spanning tree.
@@ -154,9 +156,13 @@ mod tests {
             channel: "ab".into(),
             src: name(1),
             dst: name(2),
+            hop_limit: 64,
             payload: vec![0xee],
         };
-        assert_eq!(g.encode(), [0x03, 0x02, b'a', b'b', 0x01, 0x02, 0x01, 0xee]);
+        assert_eq!(
+            g.encode(),
+            [0x03, 0x02, b'a', b'b', 0x01, 0x02, 0x40, 0x01, 0xee]
+        );
     }
 
     #[test]
@@ -190,7 +196,7 @@ mod tests {
                               payload in proptest::collection::vec(any::<u8>(), 0..100)) {
             for msg in [
                 ControlMessage::Gossip { channel: channel.clone(), payload: payload.clone() },
-                ControlMessage::GossipUnicast { channel: channel.clone(), src: name(src), dst: name(dst), payload: payload.clone() },
+                ControlMessage::GossipUnicast { channel: channel.clone(), src: name(src), dst: name(dst), hop_limit: src as u8, payload: payload.clone() },
                 ControlMessage::GossipBroadcast { channel: channel.clone(), src: name(src), payload: payload.clone() },
             ] {
                 prop_assert_eq!(ControlMessage::decode(&msg.encode()), Ok(msg));
