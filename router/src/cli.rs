@@ -23,7 +23,8 @@ use tracing::{error, info};
 use crate::core::RouterConfig;
 use crate::core::identity::{Identity, PeerName, PeerUid, validate_nickname};
 use crate::core::router::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
-use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr, Subnet};
+use crate::core::prefix::{self, IpNet};
+use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::format::{View, format_dot, format_ps, format_status, format_view};
 use crate::shell::attach::{AttachmentRecord, DEFAULT_IFNAME, Netns, parse_cidrs};
@@ -361,7 +362,7 @@ pub struct LaunchPlan {
     pub key_file: Option<PathBuf>,
     pub trusted_keys: Option<PathBuf>,
     pub rekey_after_packets: Option<u64>,
-    pub trusted_subnets: Vec<Subnet>,
+    pub trusted_subnets: Vec<IpNet>,
     pub foreground: bool,
     pub log_level: String,
     pub heartbeat_interval: Duration,
@@ -429,7 +430,7 @@ impl LaunchArgs {
         let trusted_subnets = self
             .trusted_subnets
             .iter()
-            .map(|s| Subnet::from_str(s).map_err(|e| anyhow!("invalid --trusted-subnets: {e}")))
+            .map(|s| prefix::parse_subnet(s).map_err(|e| anyhow!("invalid --trusted-subnets: {e}")))
             .collect::<Result<Vec<_>>>()?;
         if !trusted_subnets.is_empty() && password.is_none() && self.trusted_keys.is_none() {
             bail!(
@@ -564,7 +565,7 @@ impl LaunchPlan {
             let list: Vec<String> = self
                 .trusted_subnets
                 .iter()
-                .map(|s| format!("{}/{}", s.addr, s.prefix))
+                .map(IpNet::to_string)
                 .collect();
             args.extend(["--trusted-subnets".into(), list.join(",").into()]);
         }

@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weft_router::core::RouterConfig;
 use weft_router::core::identity::{Identity, PeerName, PeerUid};
-use weft_router::shell::attach::{self, AttachError, Attachments, Cidr, Netns};
+use weft_router::core::prefix::IpNet;
+use weft_router::shell::attach::{self, AttachError, Attachments, Netns};
 use weft_router::shell::client::Client;
 use weft_router::shell::daemon::{self, DaemonConfig};
 use weft_router::shell::host::{self, HostConfig, HostError, LinkState};
@@ -443,7 +444,7 @@ fn attach_ps_detach_and_restore_after_a_restart() {
         let net = host::setup("weft", MTU).await.unwrap();
         let attachments = Attachments::load("weft", MTU, Some(file.clone())).unwrap();
         let netns = Netns::Name(c1_name.clone());
-        let cidrs: Vec<Cidr> = attach::parse_cidrs(&["10.32.0.1/12", "fd00::1/64"]).unwrap();
+        let cidrs: Vec<IpNet> = attach::parse_cidrs(&["10.32.0.1/12", "fd00::1/64"]).unwrap();
 
         let info = attachments.attach(&netns, "ethwe", &cidrs).await.unwrap();
         assert_eq!(info.ifname, "ethwe");

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod gossip;
 pub mod identity;
 pub mod mac_table;
+pub mod prefix;
 pub mod rate_limit;
 pub mod reassembly;
 pub mod router;

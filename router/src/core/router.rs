@@ -27,6 +27,7 @@ use crate::core::gossip::{
     TOPOLOGY_CHANNEL, UNICAST_HOP_LIMIT,
 };
 use crate::core::identity::{Identity, PeerName};
+use crate::core::prefix::IpNet;
 use crate::core::rate_limit::HandshakeLimiter;
 use crate::core::routes::Routes;
 use crate::core::status::{
@@ -34,7 +35,6 @@ use crate::core::status::{
     RouterStatus, TargetStatus,
 };
 use crate::core::topology::{Topology, TopologyChannel};
-use crate::core::wire::addr::Subnet;
 use crate::core::wire::addr::{PeerAddr, WireAddr};
 use crate::core::wire::control::{ControlMessage, Features, MAX_REASON_LEN, validate_channel};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN, Preamble};
@@ -85,7 +85,7 @@ pub struct RouterConfig {
     /// Underlay subnets trusted not to need data encryption: data to a
     /// peer goes unencrypted when each side sees the other's address in
     /// its trusted subnets. Control stays encrypted.
-    pub trusted_subnets: Vec<Subnet>,
+    pub trusted_subnets: Vec<IpNet>,
     /// Seed for every random choice the core makes.
     pub seed: u64,
 }
@@ -479,7 +479,7 @@ impl Router {
 
     /// Whether `ip` lies in one of our trusted subnets.
     fn trusts(&self, ip: std::net::IpAddr) -> bool {
-        self.config.trusted_subnets.iter().any(|s| s.contains(ip))
+        self.config.trusted_subnets.iter().any(|s| s.contains(&ip))
     }
 
     /// How new connections are protected, in words for `weft status`.

@@ -27,7 +27,6 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use futures_util::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
@@ -38,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, oneshot};
 use tracing::{info, warn};
 
+use crate::core::prefix::{self, IpNet, PrefixError};
 use crate::shell::describe_io_error;
 use crate::shell::home::{self, HomeError};
 use crate::shell::host::{
@@ -118,88 +118,9 @@ impl fmt::Display for Netns {
     }
 }
 
-/// An address with its prefix length, such as `10.32.0.1/12`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = AttachError;
-
-    /// Parses a host address for an interface: the network and broadcast
-    /// addresses of an IPv4 subnet, and unspecified, loopback and
-    /// multicast addresses, are refused.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: String| AttachError::BadCidr {
-            text: s.to_owned(),
-            why,
-        };
-        let syntax = |why: String| {
-            bad(format!(
-                "{why}; use CIDR notation like 10.32.0.1/12 or fd00::1/64"
-            ))
-        };
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| syntax("the prefix length is missing".into()))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| syntax(format!("{addr:?} is not an IP address")))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| {
-            syntax(format!(
-                "the prefix length must be a number from 0 to {max}"
-            ))
-        })?;
-        if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
-            return Err(bad(format!(
-                "{addr} is not a host address (unspecified, loopback or multicast)"
-            )));
-        }
-        if let IpAddr::V4(v4) = addr
-            && prefix <= 30
-        {
-            let host_bits = u32::MAX >> prefix;
-            let bits = u32::from(v4);
-            if bits & host_bits == 0 {
-                return Err(bad(format!(
-                    "{addr} is the network address of {addr}/{prefix}; give a host address in it"
-                )));
-            }
-            if bits & host_bits == host_bits {
-                return Err(bad(format!(
-                    "{addr} is the broadcast address of its /{prefix} subnet; give a host address in it"
-                )));
-            }
-        }
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses every address, or reports the first bad one.
-pub fn parse_cidrs<S: AsRef<str>>(texts: &[S]) -> Result<Vec<Cidr>, AttachError> {
-    texts.iter().map(|t| t.as_ref().parse()).collect()
+/// Parses every host address, or reports the first bad one.
+pub fn parse_cidrs<S: AsRef<str>>(texts: &[S]) -> Result<Vec<IpNet>, AttachError> {
+    Ok(prefix::parse_hosts(texts)?)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,8 +129,8 @@ pub enum AttachError {
     NetnsChoice,
     #[error("invalid {netns}: {why}")]
     BadNetns { netns: String, why: &'static str },
-    #[error("invalid address {text:?}: {why}")]
-    BadCidr { text: String, why: String },
+    #[error(transparent)]
+    BadCidr(#[from] PrefixError),
     #[error(transparent)]
     Ifname(#[from] IfnameError),
     #[error("network namespace {name} not found: create it with `ip netns add {name}`")]
@@ -266,7 +187,7 @@ impl AttachError {
     pub fn http_status(&self) -> u16 {
         use AttachError as E;
         match self {
-            E::NetnsChoice | E::BadNetns { .. } | E::BadCidr { .. } | E::Ifname(_) => 400,
+            E::NetnsChoice | E::BadNetns { .. } | E::BadCidr(_) | E::Ifname(_) => 400,
             E::NetnsNotFound { .. } | E::NoProcess { .. } | E::NotAttached { .. } => 404,
             E::AlreadyAttached { .. } | E::IfnameTaken { .. } | E::NoBridge { .. } => 409,
             _ => 500,
@@ -282,7 +203,7 @@ pub struct AttachmentRecord {
     pub netns: Netns,
     pub ifname: String,
     pub host_ifname: String,
-    pub cidrs: Vec<Cidr>,
+    pub cidrs: Vec<IpNet>,
     /// Identity of the namespace when it was attached.
     pub ns_dev: u64,
     pub ns_ino: u64,
@@ -309,7 +230,7 @@ pub struct AttachmentInfo {
 /// What the namespace's interface looks like right now.
 struct Live {
     mac: Option<String>,
-    addresses: Vec<Cidr>,
+    addresses: Vec<IpNet>,
     up: bool,
 }
 
@@ -403,7 +324,7 @@ impl Attachments {
         &self,
         netns: &Netns,
         ifname: &str,
-        cidrs: &[Cidr],
+        cidrs: &[IpNet],
     ) -> Result<AttachmentInfo, AttachError> {
         netns.check()?;
         check_ifname(ifname)?;
@@ -500,7 +421,7 @@ impl Attachments {
         bridge: u32,
         host_ifname: &str,
         ifname: &str,
-        cidrs: &[Cidr],
+        cidrs: &[IpNet],
     ) -> Result<Live, AttachError> {
         let index = nl.index_of(host_ifname).await?;
         nl.set_link(
@@ -525,8 +446,8 @@ impl Attachments {
             )
             .await?;
             for cidr in &cidrs {
-                let mut add = nl.handle.address().add(index, cidr.addr, cidr.prefix);
-                if cidr.addr.is_ipv6() {
+                let mut add = nl.handle.address().add(index, cidr.addr(), cidr.prefix_len());
+                if cidr.addr().is_ipv6() {
                     // The address comes from weft's allocation, so it is
                     // unique; duplicate detection would only delay it.
                     add.message_mut()
@@ -741,7 +662,7 @@ async fn read_live(nl: &Netlink, ifname: &str) -> Result<Live, AttachError> {
     let addresses = messages
         .iter()
         .filter_map(address_of)
-        .filter(|c| !is_link_local_v6(c.addr))
+        .filter(|c| !is_link_local_v6(c.addr()))
         .collect();
     Ok(Live {
         mac: link_mac(&link).map(|m| m.to_string()),
@@ -812,48 +733,6 @@ pub async fn link_state_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_addresses_parse_and_print_back() {
-        for text in [
-            "10.32.0.1/12",
-            "192.0.2.7/32",
-            "10.0.0.0/31",
-            "fd00::1/64",
-            "2001:db8::7/128",
-        ] {
-            let cidr: Cidr = text.parse().unwrap();
-            assert_eq!(cidr.to_string(), text);
-        }
-        let cidr: Cidr = "10.32.0.1/12".parse().unwrap();
-        assert_eq!(cidr.addr, IpAddr::from([10, 32, 0, 1]));
-        assert_eq!(cidr.prefix, 12);
-    }
-
-    #[test]
-    fn bad_addresses_are_explained() {
-        for (text, why) in [
-            ("10.32.0.1", "prefix length is missing"),
-            ("10.32.0.1/33", "from 0 to 32"),
-            ("fd00::1/129", "from 0 to 128"),
-            ("10.32.0.1/x", "from 0 to 32"),
-            ("ten/8", "\"ten\" is not an IP address"),
-            ("10.32.0.0/12", "network address"),
-            ("10.47.255.255/12", "broadcast address"),
-            ("0.0.0.0/0", "not a host address"),
-            ("127.0.0.1/8", "not a host address"),
-            ("ff02::1/64", "not a host address"),
-        ] {
-            let e = text.parse::<Cidr>().unwrap_err().to_string();
-            assert!(e.starts_with(&format!("invalid address {text:?}: ")), "{e}");
-            assert!(e.contains(why), "{text}: {e}");
-        }
-        let e = "10.32.0.1".parse::<Cidr>().unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "invalid address \"10.32.0.1\": the prefix length is missing; use CIDR notation like 10.32.0.1/12 or fd00::1/64"
-        );
-    }
 
     #[test]
     fn exactly_one_namespace_reference_is_accepted() {

@@ -15,7 +15,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressMessage;
 use tracing::{info, warn};
 
-use crate::shell::attach::Cidr;
+use crate::core::prefix::IpNet;
 use crate::shell::home::{self, HomeError};
 use crate::shell::host::{HostError, Netlink, address_of, errno};
 
@@ -30,7 +30,7 @@ pub enum ExposeError {
     )]
     NoBridge { bridge: String },
     #[error("{cidr} is not exposed; `weft status` lists the exposed addresses")]
-    NotExposed { cidr: Cidr },
+    NotExposed { cidr: IpNet },
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
@@ -59,7 +59,7 @@ impl ExposeError {
 pub struct Exposed {
     bridge: String,
     file: Option<PathBuf>,
-    cidrs: Mutex<Vec<Cidr>>,
+    cidrs: Mutex<Vec<IpNet>>,
     /// Serialises changes, so the file follows the order they happen in.
     changes: tokio::sync::Mutex<()>,
 }
@@ -83,7 +83,7 @@ impl Exposed {
     }
 
     /// The exposed addresses.
-    pub fn list(&self) -> Vec<Cidr> {
+    pub fn list(&self) -> Vec<IpNet> {
         self.cidrs.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
@@ -103,7 +103,7 @@ impl Exposed {
 
     /// Adds `cidrs` to the bridge (all of them, or, if empty, the ones
     /// exposed before) and returns every exposed address.
-    pub async fn expose(&self, cidrs: &[Cidr]) -> Result<Vec<Cidr>, ExposeError> {
+    pub async fn expose(&self, cidrs: &[IpNet]) -> Result<Vec<IpNet>, ExposeError> {
         let _serial = self.changes.lock().await;
         let mut current = self.list();
         let wanted = if cidrs.is_empty() {
@@ -129,7 +129,7 @@ impl Exposed {
 
     /// Removes `cidrs` (or, if empty, every exposed address) from the
     /// bridge and returns the ones removed.
-    pub async fn hide(&self, cidrs: &[Cidr]) -> Result<Vec<Cidr>, ExposeError> {
+    pub async fn hide(&self, cidrs: &[IpNet]) -> Result<Vec<IpNet>, ExposeError> {
         let _serial = self.changes.lock().await;
         let current = self.list();
         let gone = if cidrs.is_empty() {
@@ -186,7 +186,7 @@ impl Exposed {
         }
     }
 
-    fn store(&self, cidrs: Vec<Cidr>) -> Result<(), ExposeError> {
+    fn store(&self, cidrs: Vec<IpNet>) -> Result<(), ExposeError> {
         if let Some(path) = &self.file {
             home::save_list(path, "encode exposed addresses for", &cidrs)?;
         }
@@ -200,11 +200,11 @@ impl Exposed {
 
 /// Adds `cidr` to interface `index`; an address already there is fine
 /// (exposing twice, or a restore over a bridge that kept it).
-async fn add_address(nl: &Netlink, index: u32, bridge: &str, cidr: &Cidr) -> Result<(), HostError> {
+async fn add_address(nl: &Netlink, index: u32, bridge: &str, cidr: &IpNet) -> Result<(), HostError> {
     match nl
         .handle
         .address()
-        .add(index, cidr.addr, cidr.prefix)
+        .add(index, cidr.addr(), cidr.prefix_len())
         .execute()
         .await
     {

@@ -36,7 +36,7 @@ use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use crate::core::forward::DEFAULT_OVERLAY_MTU;
 use crate::core::wire::ethernet::Mac;
-use crate::shell::attach::Cidr;
+use crate::core::prefix::IpNet;
 use crate::shell::describe_io_error;
 
 /// Lets the kernel hand the TAP's reader TCP super-segments with partial
@@ -442,7 +442,7 @@ pub struct LinkState {
     /// Index of the bridge it is enslaved to.
     pub controller: Option<u32>,
     /// Its addresses, link-local IPv6 ones included.
-    pub addresses: Vec<Cidr>,
+    pub addresses: Vec<IpNet>,
 }
 
 /// Reads interface `name` in this thread's network namespace, for status
@@ -609,7 +609,7 @@ pub(crate) fn link_is_up(link: &LinkMessage) -> bool {
 }
 
 /// The address of an address message, with its prefix length.
-pub(crate) fn address_of(message: &AddressMessage) -> Option<Cidr> {
+pub(crate) fn address_of(message: &AddressMessage) -> Option<IpNet> {
     // For IPv4 IFA_LOCAL is the interface's own address (IFA_ADDRESS is
     // the peer's on point-to-point links); IPv6 has only IFA_ADDRESS.
     let local = message.attributes.iter().find_map(|a| match a {
@@ -620,10 +620,7 @@ pub(crate) fn address_of(message: &AddressMessage) -> Option<Cidr> {
         AddressAttribute::Address(addr) => Some(*addr),
         _ => None,
     });
-    local.or(address).map(|addr| Cidr {
-        addr,
-        prefix: message.header.prefix_len,
-    })
+    IpNet::new(local.or(address)?, message.header.prefix_len).ok()
 }
 
 fn describe_kind(kind: Option<&InfoKind>) -> String {

@@ -46,8 +46,9 @@ use tracing::{debug, warn};
 
 use crate::core::status::RouterStatus;
 use crate::core::wire::addr::PeerAddr;
+use crate::core::prefix::IpNet;
 use crate::shell::attach::{
-    AttachError, AttachmentInfo, Attachments, Cidr, DEFAULT_IFNAME, Netns, parse_cidrs,
+    AttachError, AttachmentInfo, Attachments, DEFAULT_IFNAME, Netns, parse_cidrs,
 };
 use crate::shell::daemon::Event;
 use crate::shell::expose::{ExposeError, Exposed};
@@ -529,7 +530,7 @@ async fn handle_hide(host: HostHandles, req: Request<Incoming>) -> Response<Full
 }
 
 /// Reads and parses a [`CidrsRequest`]; an empty body means no addresses.
-async fn read_cidrs(req: Request<Incoming>) -> Result<Vec<Cidr>, Response<Full<Bytes>>> {
+async fn read_cidrs(req: Request<Incoming>) -> Result<Vec<IpNet>, Response<Full<Bytes>>> {
     let request: CidrsRequest = read_json(req, r#"{"cidrs": ["10.32.0.254/12"]}"#).await?;
     parse_cidrs(&request.cidrs).map_err(|e| attach_error(&e))
 }

@@ -63,51 +63,6 @@ pub struct PeerAddr {
     pub port: u16,
 }
 
-/// An IP subnet such as `10.0.0.0/8` (for `--trusted-subnets`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Subnet {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Subnet {
-    /// Whether `ip` is inside the subnet (an IPv4 address never is inside
-    /// an IPv6 subnet, and the reverse).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Subnet {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a subnet; write it like 10.0.0.0/8 or fd00::/8");
-        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(format!("{s:?}: the prefix length must be at most {max}"));
-        }
-        Ok(Self { addr, prefix })
-    }
-}
-
 impl PeerAddr {
     pub fn from_socket(addr: SocketAddr) -> Self {
         let addr = SocketAddr::from(WireAddr::from(addr));
@@ -211,30 +166,6 @@ pub enum AddrError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnets_parse_and_contain() {
-        let s: Subnet = "10.1.0.0/16".parse().unwrap();
-        assert!(s.contains("10.1.200.3".parse().unwrap()));
-        assert!(!s.contains("10.2.0.1".parse().unwrap()));
-        assert!(!s.contains("::1".parse().unwrap()));
-        let all: Subnet = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("192.0.2.1".parse().unwrap()));
-        let v6: Subnet = "fd00::/8".parse().unwrap();
-        assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!(
-            "10.0.0.0/33"
-                .parse::<Subnet>()
-                .unwrap_err()
-                .contains("at most 32")
-        );
-        assert!(
-            "10.0.0.0"
-                .parse::<Subnet>()
-                .unwrap_err()
-                .contains("like 10.0.0.0/8")
-        );
-    }
 
     #[test]
     fn parses_the_forms_users_write() {
