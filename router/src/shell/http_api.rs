@@ -1,4 +1,6 @@
-//! The local HTTP API (`--http-addr`, default `127.0.0.1:6784`).
+//! The control API: HTTP/1 on a unix socket (`--api-socket`, default
+//! `/run/weft/weft.sock`; who may connect is the socket's mode and group,
+//! see [`crate::shell::api_socket`]).
 //!
 //! The mesh endpoints are answered by the router task: the handler sends an
 //! [`ApiRequest`] with a oneshot reply over the router's event queue, so the
@@ -24,6 +26,7 @@
 //! `docs/api.md` documents both.
 
 use std::convert::Infallible;
+use std::io;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +41,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +50,7 @@ use tracing::{debug, warn};
 
 use crate::core::status::RouterStatus;
 use crate::core::wire::addr::PeerAddr;
+use crate::shell::api_socket::ApiListener;
 use crate::shell::attach::{
     AttachError, AttachmentInfo, Attachments, Cidr, DEFAULT_IFNAME, Netns, parse_cidrs,
 };
@@ -258,10 +263,39 @@ impl ApiHandle {
     }
 }
 
+/// A listener the API can be served on: the control socket, or TCP for
+/// the status listener.
+pub(crate) trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for ApiListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        ApiListener::accept(self).await
+    }
+}
+
 /// Serves the API until `stop` is cancelled, then gives in-flight requests
-/// a moment to finish.
-pub(crate) async fn serve(
-    listener: TcpListener,
+/// a moment to finish. The listener is dropped before the wait (for the
+/// control socket: its file is removed).
+pub(crate) async fn serve<L: Accept>(
+    listener: L,
     api: ApiHandle,
     surface: Surface,
     stop: CancellationToken,
@@ -273,7 +307,7 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
                 warn!(error = %e, "HTTP API: accept failed");
