@@ -9,6 +9,13 @@
 //! daemon's [`Attachments`]. Bodies are JSON; errors are always
 //! `{"error": "..."}`.
 //!
+//! A request that could change something (any method but GET and HEAD)
+//! must say `Content-Type: application/json` (else 415), and the control
+//! surface refuses any request with an `Origin` header (403): only a
+//! browser sends one, and a web page has no business here. This keeps the
+//! classic cross-site tricks (a form or `fetch` posting `text/plain` to a
+//! local port) out even where the API is reachable by a browser.
+//!
 //! | Method and path | Body | Answer |
 //! |---|---|---|
 //! | `GET /status` | | [`RouterStatus`] |
@@ -34,7 +41,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -321,9 +328,12 @@ pub(crate) async fn serve<L: Accept>(
             let service = service_fn(move |req| {
                 let api = api.clone();
                 async move {
-                    let response = match surface {
-                        Surface::Control => handle(&api, req).await,
-                        Surface::Status => status_page::handle(&api, req).await,
+                    let response = match refusal(surface, &req) {
+                        Some(refused) => refused,
+                        None => match surface {
+                            Surface::Control => handle(&api, req).await,
+                            Surface::Status => status_page::handle(&api, req).await,
+                        },
                     };
                     Ok::<_, Infallible>(response)
                 }
@@ -348,6 +358,37 @@ pub(crate) async fn serve<L: Accept>(
     drop(listener);
     conns.close();
     let _ = tokio::time::timeout(DRAIN_GRACE, conns.wait()).await;
+}
+
+/// The rules every request meets before it reaches an endpoint: no
+/// `Origin` on the control surface, and a JSON content type on anything
+/// that is not a read. Returns the refusal, if any.
+fn refusal<B>(surface: Surface, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    if surface == Surface::Control && req.headers().contains_key(ORIGIN) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "requests with an Origin header (from a web page) are refused by the weft control API; use the weft CLI or a client that sends no Origin".into(),
+        ));
+    }
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return None;
+    }
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    (!json).then(|| {
+        error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{} {} needs the header Content-Type: application/json",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+    })
 }
 
 async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -651,4 +692,156 @@ pub(crate) fn error(status: StatusCode, message: String) -> Response<Full<Bytes>
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    /// A server on a socket in a temporary directory, with a stand-in for
+    /// the router task that answers status and counts stop requests.
+    struct Server {
+        _dir: tempfile::TempDir,
+        socket: std::path::PathBuf,
+        stops: Arc<std::sync::atomic::AtomicUsize>,
+        stop: CancellationToken,
+    }
+
+    async fn server(surface: Surface) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (events, mut rx) = mpsc::channel(8);
+        let stops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = stops.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if let Event::Api(ApiRequest::Stop(reply)) = event {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = reply.send(());
+                }
+            }
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            ApiHandle::new(events, None),
+            surface,
+            stop.clone(),
+        ));
+        Server {
+            _dir: dir,
+            socket,
+            stops,
+            stop,
+        }
+    }
+
+    /// Sends `head` (request line and headers, without the blank line)
+    /// and `body`; returns the status code and the whole response.
+    async fn send(server: &Server, head: &str, body: &str) -> (u16, String) {
+        let mut stream = UnixStream::connect(&server.socket).await.unwrap();
+        let request = format!(
+            "{head}\r\nHost: weft\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, response)
+    }
+
+    fn stops(server: &Server) -> usize {
+        server.stops.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    const STATE_CHANGING: [&str; 8] = [
+        "/stop",
+        "/connect",
+        "/forget",
+        "/attach",
+        "/detach",
+        "/expose",
+        "/hide",
+        "/password",
+    ];
+
+    #[tokio::test]
+    async fn a_post_that_is_not_json_is_refused_with_415() {
+        let s = server(Surface::Control).await;
+        for path in STATE_CHANGING {
+            // What an HTML form or a "simple" cross-site fetch can send.
+            for content_type in [
+                "Content-Type: text/plain",
+                "Content-Type: application/x-www-form-urlencoded",
+            ] {
+                let (code, text) =
+                    send(&s, &format!("POST {path} HTTP/1.1\r\n{content_type}"), "{}").await;
+                assert_eq!(code, 415, "{path}: {text}");
+                assert!(text.contains("Content-Type: application/json"), "{text}");
+            }
+            let (code, text) = send(&s, &format!("POST {path} HTTP/1.1"), "{}").await;
+            assert_eq!(code, 415, "{path} without a content type: {text}");
+        }
+        assert_eq!(stops(&s), 0, "nothing reached the router");
+        let (code, text) = send(
+            &s,
+            "POST /stop HTTP/1.1\r\nContent-Type: application/json; charset=utf-8",
+            "",
+        )
+        .await;
+        assert_eq!(code, 200, "{text}");
+        assert_eq!(stops(&s), 1);
+        s.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_request_with_an_origin_is_refused_with_403() {
+        let s = server(Surface::Control).await;
+        let (code, text) = send(
+            &s,
+            "POST /stop HTTP/1.1\r\nContent-Type: application/json\r\nOrigin: http://evil.example",
+            "{}",
+        )
+        .await;
+        assert_eq!(code, 403, "{text}");
+        assert!(text.contains("Origin"), "{text}");
+        let (code, text) = send(&s, "GET /status HTTP/1.1\r\nOrigin: null", "").await;
+        assert_eq!(code, 403, "reads too: {text}");
+        assert_eq!(stops(&s), 0);
+        s.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_status_surface_refuses_every_state_changing_route() {
+        let s = server(Surface::Status).await;
+        for path in STATE_CHANGING {
+            for method in ["POST", "PUT", "DELETE"] {
+                let (code, text) = send(
+                    &s,
+                    &format!("{method} {path} HTTP/1.1\r\nContent-Type: application/json"),
+                    "{}",
+                )
+                .await;
+                assert_eq!(code, 405, "{method} {path}: {text}");
+                assert!(text.contains("read-only"), "{text}");
+            }
+            let (code, _) = send(
+                &s,
+                &format!("POST {path} HTTP/1.1\r\nContent-Type: text/plain"),
+                "{}",
+            )
+            .await;
+            assert_eq!(code, 415, "{path}");
+        }
+        assert_eq!(stops(&s), 0, "nothing reached the router");
+        s.stop.cancel();
+    }
 }
