@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
@@ -1036,18 +1037,31 @@ struct Bound {
 /// and `/dev/net/tun` (with a bridge), that no router holds the home or
 /// answers on the control socket, and that every port is free. The error
 /// says what to do; nothing is left behind, not even the home directory
-/// (the socket's directory, such as /run/weft, stays).
+/// (once the ports are free, the socket's directory, such as /run/weft or
+/// the home, is created).
 fn check_and_bind(plan: &LaunchPlan) -> Result<Bound> {
     if plan.host.is_some() {
         preflight::check_net_admin()?;
         preflight::check_tun(Path::new(preflight::TUN_PATH))?;
     }
     Home::check_free(&plan.home)?;
+    let mesh = sockets::bind(plan.mesh_addr(), Service::Mesh)?;
+    let udp = sockets::bind_udp(plan.port)?;
+    let status = sockets::bind(plan.status_addr, Service::Status)?;
+    // Last, as it may create its directory; one inside the home is the
+    // home, made private as Home::open would make it.
+    if plan.api_socket.parent() == Some(plan.home.as_path()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&plan.home)
+            .with_context(|| format!("cannot create home directory {}", plan.home.display()))?;
+    }
     let api = ApiSocket::bind(&plan.api_socket, plan.api_group.as_ref())?;
     Ok(Bound {
-        mesh: sockets::bind(plan.mesh_addr(), Service::Mesh)?,
-        udp: sockets::bind_udp(plan.port)?,
-        status: sockets::bind(plan.status_addr, Service::Status)?,
+        mesh,
+        udp,
+        status,
         api,
     })
 }
