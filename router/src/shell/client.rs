@@ -68,7 +68,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether the error says nothing listens at the address.
+    /// Whether the error says nothing listens on the socket.
     pub fn is_not_running(&self) -> bool {
         matches!(self, ClientError::NotRunning { .. })
     }
