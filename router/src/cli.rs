@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
@@ -27,6 +28,7 @@ use crate::core::prefix::{self, IpNet};
 use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::format::{View, format_dot, format_ps, format_status, format_view};
+use crate::shell::api_socket::{self, ApiSocket, DEFAULT_API_SOCKET, SocketGroup};
 use crate::shell::attach::{AttachmentRecord, DEFAULT_IFNAME, Netns, parse_cidrs};
 use crate::shell::client::{Client, ClientError};
 use crate::shell::crypto::CryptoSettings;
@@ -36,10 +38,6 @@ use crate::shell::host::{self, DEFAULT_BRIDGE, DEFAULT_MTU, HostConfig, MTU_RANG
 use crate::shell::http_api::{AttachRequest, DetachRequest};
 use crate::shell::preflight;
 use crate::shell::sockets::{self, Service};
-
-/// Where the HTTP API listens unless told otherwise: loopback only, since
-/// the API is unauthenticated.
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
 
 /// Where the read-only status listener (report, metrics, topology page)
 /// listens unless told otherwise.
@@ -55,10 +53,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Log lines shown when a daemonised router dies during startup.
 const LOG_TAIL_LINES: usize = 10;
-
-/// How long a launch whose API address is taken waits to learn whether a
-/// weft router holds it.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
@@ -158,11 +152,9 @@ pub struct ConnectArgs {
 
 #[derive(Debug, Args)]
 pub struct ResetArgs {
+    /// The router to reset: its home is the state directory removed.
     #[command(flatten)]
     pub api: ApiArgs,
-    /// State directory of the router to reset.
-    #[arg(long, env = "WEFT_HOME", default_value = DEFAULT_HOME, value_name = "DIR")]
-    pub home: PathBuf,
     /// The bridge the router used (`weft launch --bridge`).
     #[arg(long, default_value = DEFAULT_BRIDGE, value_name = "NAME")]
     pub bridge: String,
@@ -179,11 +171,32 @@ pub struct ExposeArgs {
     pub cidrs: Vec<String>,
 }
 
+/// Which router to talk to: found the way `weft launch` placed its
+/// control socket.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
-    /// Address of the router's HTTP API.
-    #[arg(long, env = "WEFT_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR, value_name = "IP:PORT")]
-    pub http_addr: String,
+    /// The router's state directory (`weft launch --home`); a non-default
+    /// one puts the control socket at HOME/weft.sock.
+    #[arg(long, env = "WEFT_HOME", default_value = DEFAULT_HOME, value_name = "DIR")]
+    pub home: PathBuf,
+    /// The router's control socket, if launched with --api-socket (default
+    /// /run/weft/weft.sock for the default home).
+    #[arg(long, env = "WEFT_API_SOCKET", value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn home(&self) -> Result<PathBuf> {
+        std::path::absolute(&self.home)
+            .with_context(|| format!("cannot resolve --home {}", self.home.display()))
+    }
+
+    fn client(&self) -> Result<Client> {
+        Ok(Client::new(api_socket::socket_path(
+            &self.home()?,
+            self.api_socket.as_deref(),
+        )))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -264,9 +277,18 @@ pub struct LaunchArgs {
     /// State directory: peer name, lock, pid file, log, targets.
     #[arg(long, env = "WEFT_HOME", default_value = DEFAULT_HOME, value_name = "DIR")]
     pub home: PathBuf,
-    /// Address of the HTTP API to serve.
-    #[arg(long, env = "WEFT_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR, value_name = "IP:PORT")]
-    pub http_addr: String,
+    /// Unix socket of the control API (what the CLI talks to). Default:
+    /// /run/weft/weft.sock for the default home, HOME/weft.sock otherwise.
+    #[arg(long, env = "WEFT_API_SOCKET", value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Group whose members may use the control socket besides root.
+    /// Default: `weft` if the group exists, else nobody but root.
+    #[arg(long, value_name = "GROUP")]
+    pub api_group: Option<String>,
+    /// Removed: the control API no longer listens on TCP (kept so that an
+    /// old command line gets an explanation, not "unexpected argument").
+    #[arg(long, hide = true, value_name = "IP:PORT")]
+    pub http_addr: Option<String>,
     /// Address of the read-only status listener: the topology page at /,
     /// the JSON report, /metrics for Prometheus.
     #[arg(long, env = "WEFT_STATUS_ADDR", default_value = DEFAULT_STATUS_ADDR, value_name = "IP:PORT")]
@@ -347,7 +369,10 @@ pub struct LaunchPlan {
     pub port: u16,
     pub discovery: bool,
     pub home: PathBuf,
-    pub http_addr: SocketAddr,
+    /// The control socket, resolved from `--api-socket` and the home.
+    pub api_socket: PathBuf,
+    /// Who besides root may use it; `None`: root only.
+    pub api_group: Option<SocketGroup>,
     pub status_addr: SocketAddr,
     /// Take the peers from the home's persisted targets.
     pub resume: bool,
@@ -391,13 +416,13 @@ impl LaunchArgs {
         if self.port == 0 {
             bail!("invalid --port 0: pick a port from 1 to 65535 (the default is {DEFAULT_PORT})");
         }
-        let http_addr = parse_http_addr(&self.http_addr)?;
-        let status_addr = parse_addr("--status-addr", &self.status_addr, DEFAULT_STATUS_ADDR)?;
-        if status_addr == http_addr {
+        if self.http_addr.is_some() {
             bail!(
-                "--status-addr and --http-addr are both {http_addr}; give them different ports (defaults {DEFAULT_STATUS_ADDR} and {DEFAULT_HTTP_ADDR})"
+                "--http-addr is gone: the control API listens only on a unix socket now (--api-socket, default {DEFAULT_API_SOCKET}; see docs/api.md)"
             );
         }
+        let status_addr = parse_addr("--status-addr", &self.status_addr, DEFAULT_STATUS_ADDR)?;
+        let api_group = SocketGroup::resolve(self.api_group.as_deref())?;
         let password = match (&self.password, &self.password_file) {
             (Some(p), _) if p.is_empty() => bail!(
                 "--password (or WEFT_PASSWORD) is empty; give the mesh password, or leave it out to run unencrypted"
@@ -483,13 +508,19 @@ impl LaunchArgs {
         };
         let home = std::path::absolute(&self.home)
             .with_context(|| format!("cannot resolve --home {}", self.home.display()))?;
+        let api_socket = match &self.api_socket {
+            Some(path) => std::path::absolute(path)
+                .with_context(|| format!("cannot resolve --api-socket {}", path.display()))?,
+            None => api_socket::socket_path(&home, None),
+        };
         Ok(LaunchPlan {
             name,
             nickname,
             port: self.port,
             discovery: !self.no_discovery,
             home,
-            http_addr,
+            api_socket,
+            api_group,
             status_addr,
             resume: self.resume,
             password_file: self.password_file.clone(),
@@ -525,8 +556,8 @@ impl LaunchPlan {
             self.nickname.clone().into(),
             "--port".into(),
             self.port.to_string().into(),
-            "--http-addr".into(),
-            self.http_addr.to_string().into(),
+            "--api-socket".into(),
+            self.api_socket.clone().into(),
             "--status-addr".into(),
             self.status_addr.to_string().into(),
             "--log-level".into(),
@@ -542,6 +573,9 @@ impl LaunchPlan {
         ];
         if !self.discovery {
             args.push("--no-discovery".into());
+        }
+        if let Some(group) = self.api_group.as_ref().filter(|g| g.explicit()) {
+            args.extend(["--api-group".into(), group.name.clone().into()]);
         }
         if let Some(file) = &self.password_file {
             args.extend(["--password-file".into(), file.clone().into()]);
@@ -635,7 +669,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Status(args) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             let status = block_on(client.get_status())??;
             let text = match args.view {
                 _ if args.dot => format_dot(&status),
@@ -646,13 +680,13 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Report(api) => {
-            let client = Client::new(parse_http_addr(&api.http_addr)?);
+            let client = api.client()?;
             let status = block_on(client.get_status())??;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
         Command::Stop(api) => {
-            let client = Client::new(parse_http_addr(&api.http_addr)?);
+            let client = api.client()?;
             block_on(stop(client))??;
             println!("weft router stopped");
             Ok(())
@@ -662,7 +696,7 @@ pub fn run(cli: Cli) -> Result<()> {
             peers: args,
             replace,
         }) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             validate_peers(&args.peers)?;
             let answer = block_on(client.post_connect(&args.peers, replace))??;
             for addr in answer.forgotten {
@@ -674,7 +708,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Forget(args) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             validate_peers(&args.peers)?;
             let answer = block_on(client.post_forget(&args.peers))??;
             for addr in answer.forgotten {
@@ -686,7 +720,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Attach(args) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             args.target.validate()?;
             parse_cidrs(&args.cidrs)?;
             let request = AttachRequest {
@@ -707,7 +741,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Detach(args) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             args.target.validate()?;
             let request = DetachRequest {
                 netns: args.target.ns.netns,
@@ -719,20 +753,20 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ps(api) => {
-            let client = Client::new(parse_http_addr(&api.http_addr)?);
+            let client = api.client()?;
             let ps = block_on(client.get_ps())??;
             print!("{}", format_ps(&ps.attachments));
             Ok(())
         }
         Command::Expose(args) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             parse_cidrs(&args.cidrs)?;
             let answer = block_on(client.post_expose(&args.cidrs))??;
             println!("host exposed as {}", answer.exposed.join(" "));
             Ok(())
         }
         Command::Hide(args) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             parse_cidrs(&args.cidrs)?;
             let answer = block_on(client.post_hide(&args.cidrs))??;
             if answer.hidden.is_empty() {
@@ -744,7 +778,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Keygen(args) => keygen(&args.file),
         Command::Password(args) => {
-            let client = Client::new(parse_http_addr(&args.api.http_addr)?);
+            let client = args.api.client()?;
             let password = read_password_file(&args.password_file)?;
             let also = args
                 .also_accept_file
@@ -778,11 +812,9 @@ pub fn run(cli: Cli) -> Result<()> {
 /// router kept. A router that holds the home but answers elsewhere is
 /// left alone, with an error.
 fn reset(args: &ResetArgs) -> Result<()> {
-    let http_addr = parse_http_addr(&args.api.http_addr)?;
     host::check_ifname(&args.bridge).map_err(|e| anyhow!("invalid --bridge: {e}"))?;
-    let home = std::path::absolute(&args.home)
-        .with_context(|| format!("cannot resolve --home {}", args.home.display()))?;
-    let client = Client::new(http_addr);
+    let home = args.api.home()?;
+    let client = args.api.client()?;
     match block_on(stop(client))? {
         Ok(()) => println!("weft router stopped"),
         Err(e)
@@ -858,8 +890,10 @@ fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
     runtime.block_on(async {
         let mesh = tokio::net::TcpListener::from_std(sockets.mesh)
             .context("cannot use the mesh listener")?;
-        let http = tokio::net::TcpListener::from_std(sockets.http)
-            .context("cannot use the HTTP API listener")?;
+        let api = sockets
+            .api
+            .into_tokio()
+            .context("cannot use the control API socket")?;
         let status = tokio::net::TcpListener::from_std(sockets.status)
             .context("cannot use the status listener")?;
         let shutdown = CancellationToken::new();
@@ -873,7 +907,7 @@ fn launch_foreground(plan: &LaunchPlan) -> Result<()> {
             host: plan.host.clone(),
             status: Some(status),
         };
-        daemon::run(config, mesh, http, shutdown).await?;
+        daemon::run(config, mesh, api, shutdown).await?;
         Ok(())
     })
 }
@@ -952,7 +986,7 @@ fn launch_background(plan: &LaunchPlan) -> Result<()> {
         .with_context(|| format!("cannot start {}", exe.display()))?;
     let pid = child.id();
 
-    let client = Client::new(plan.http_addr);
+    let client = Client::new(plan.api_socket.clone());
     let started = block_on(async {
         let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -975,7 +1009,7 @@ fn launch_background(plan: &LaunchPlan) -> Result<()> {
             if tokio::time::Instant::now() >= deadline {
                 bail!(
                     "the weft router (pid {pid}) did not answer at {} within {}s; it may still be starting, see {}",
-                    plan.http_addr,
+                    plan.api_socket.display(),
                     STARTUP_TIMEOUT.as_secs(),
                     log_path.display()
                 );
@@ -996,43 +1030,40 @@ fn launch_background(plan: &LaunchPlan) -> Result<()> {
 struct Bound {
     mesh: std::net::TcpListener,
     udp: std::net::UdpSocket,
-    http: std::net::TcpListener,
+    api: ApiSocket,
     status: std::net::TcpListener,
 }
 
 /// Everything a launch can check before it creates anything: privileges
-/// and `/dev/net/tun` (with a bridge), that no router holds the home, and
-/// that every port is free. The error says what to do; nothing is left
-/// behind, not even the home directory.
+/// and `/dev/net/tun` (with a bridge), that no router holds the home or
+/// answers on the control socket, and that every port is free. The error
+/// says what to do; nothing is left behind, not even the home directory
+/// (once the ports are free, the socket's directory, such as /run/weft or
+/// the home, is created).
 fn check_and_bind(plan: &LaunchPlan) -> Result<Bound> {
     if plan.host.is_some() {
         preflight::check_net_admin()?;
         preflight::check_tun(Path::new(preflight::TUN_PATH))?;
     }
     Home::check_free(&plan.home)?;
-    let http = match sockets::bind(plan.http_addr, Service::Api) {
-        Ok(http) => http,
-        Err(e) => {
-            let client = Client::new(plan.http_addr);
-            let probe =
-                block_on(async { tokio::time::timeout(PROBE_TIMEOUT, client.get_status()).await })?;
-            if let Ok(Ok(other)) = probe {
-                bail!(
-                    "another weft router ({} {}) is already running with HTTP API address {}; stop it with `weft stop --http-addr {}` or pick another --http-addr",
-                    other.name,
-                    other.nickname,
-                    plan.http_addr,
-                    plan.http_addr
-                );
-            }
-            return Err(e.into());
-        }
-    };
+    let mesh = sockets::bind(plan.mesh_addr(), Service::Mesh)?;
+    let udp = sockets::bind_udp(plan.port)?;
+    let status = sockets::bind(plan.status_addr, Service::Status)?;
+    // Last, as it may create its directory; one inside the home is the
+    // home, made private as Home::open would make it.
+    if plan.api_socket.parent() == Some(plan.home.as_path()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&plan.home)
+            .with_context(|| format!("cannot create home directory {}", plan.home.display()))?;
+    }
+    let api = ApiSocket::bind(&plan.api_socket, plan.api_group.as_ref())?;
     Ok(Bound {
-        mesh: sockets::bind(plan.mesh_addr(), Service::Mesh)?,
-        udp: sockets::bind_udp(plan.port)?,
-        status: sockets::bind(plan.status_addr, Service::Status)?,
-        http,
+        mesh,
+        udp,
+        status,
+        api,
     })
 }
 
@@ -1086,7 +1117,7 @@ async fn stop(client: Client) -> Result<()> {
             Err(e) if e.is_not_running() => return Ok(()),
             _ if tokio::time::Instant::now() >= deadline => bail!(
                 "the weft router at {} was asked to stop but still answers after {}s; check its log",
-                client.addr(),
+                client.socket().display(),
                 STOP_TIMEOUT.as_secs()
             ),
             _ => tokio::time::sleep(POLL_INTERVAL).await,
@@ -1107,10 +1138,6 @@ fn validate_peers(peers: &[String]) -> Result<()> {
         PeerAddr::from_str(p)?;
     }
     Ok(())
-}
-
-fn parse_http_addr(s: &str) -> Result<SocketAddr> {
-    parse_addr("--http-addr", s, DEFAULT_HTTP_ADDR)
 }
 
 fn parse_addr(flag: &str, s: &str, example: &str) -> Result<SocketAddr> {
@@ -1170,8 +1197,10 @@ mod tests {
             "--no-discovery",
             "--home",
             "/tmp/weft-x",
-            "--http-addr",
-            "127.0.0.1:7001",
+            "--api-socket",
+            "/tmp/weft-x.sock",
+            "--api-group",
+            "root",
             "--heartbeat-interval",
             "200ms",
             "--heartbeat-timeout",
@@ -1192,7 +1221,11 @@ mod tests {
         assert_eq!(plan.port, 7000);
         assert!(!plan.discovery);
         assert_eq!(plan.home, PathBuf::from("/tmp/weft-x"));
-        assert_eq!(plan.http_addr, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(plan.api_socket, PathBuf::from("/tmp/weft-x.sock"));
+        assert_eq!(
+            plan.api_group.as_ref().map(|g| g.name.as_str()),
+            Some("root")
+        );
         assert_eq!(plan.heartbeat_interval, Duration::from_millis(200));
         assert_eq!(plan.heartbeat_timeout, Duration::from_secs(1));
         let host = plan.host.as_ref().unwrap();
@@ -1206,7 +1239,9 @@ mod tests {
         let plan = launch(&["--home", "/tmp/weft-y"]).validate().unwrap();
         assert_eq!(plan.port, DEFAULT_PORT);
         assert!(plan.discovery);
-        assert_eq!(plan.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(plan.api_socket, PathBuf::from("/tmp/weft-y/weft.sock"));
+        let default = launch(&[]).validate().unwrap();
+        assert_eq!(default.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
         assert!(validate_nickname(&plan.nickname).is_ok());
         assert!(plan.heartbeat_timeout > plan.heartbeat_interval);
         assert!(plan.name.is_none());
@@ -1318,8 +1353,16 @@ mod tests {
         assert!(e.contains("invalid nickname"), "{e}");
         let e = error(&["--port", "0"]);
         assert!(e.contains("--port 0"), "{e}");
-        let e = error(&["--http-addr", "localhost"]);
-        assert!(e.contains("--http-addr") && e.contains("IP:PORT"), "{e}");
+        let e = error(&["--http-addr", "127.0.0.1:6784"]);
+        assert!(
+            e.contains("--http-addr is gone") && e.contains("--api-socket"),
+            "{e}"
+        );
+        let e = error(&["--api-group", "no-such-group-for-weft"]);
+        assert!(
+            e.contains("--api-group") && e.contains("no such group"),
+            "{e}"
+        );
         let e = error(&["--heartbeat-interval", "soon"]);
         assert!(
             e.contains("--heartbeat-interval") && e.contains("500ms"),
@@ -1579,8 +1622,6 @@ Peers:
             .unwrap();
         assert!(plan.resume);
         assert_eq!(plan.status_addr, "127.0.0.1:7782".parse().unwrap());
-        let e = error(&["--status-addr", "127.0.0.1:6784"]);
-        assert!(e.contains("--status-addr and --http-addr"), "{e}");
         let e = error(&["--status-addr", "nowhere"]);
         assert!(e.contains("invalid --status-addr"), "{e}");
     }

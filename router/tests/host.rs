@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use weft_router::core::RouterConfig;
 use weft_router::core::identity::{Identity, PeerName, PeerUid};
 use weft_router::core::prefix::IpNet;
+use weft_router::shell::api_socket::ApiSocket;
 use weft_router::shell::attach::{self, AttachError, Attachments, Netns};
 use weft_router::shell::client::Client;
 use weft_router::shell::daemon::{self, DaemonConfig};
@@ -596,8 +597,13 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
     let c1_name = c1.name.clone();
     in_private_netns(move || async move {
         let mesh = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = Client::new(http.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("weft.sock");
+        let api = ApiSocket::bind(&socket, None)
+            .unwrap()
+            .into_tokio()
+            .unwrap();
+        let client = Client::new(socket);
         let identity = Identity {
             name: PeerName::from_u64(0x0200_0000_0001).unwrap(),
             nickname: "host-test".into(),
@@ -621,7 +627,7 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
             crypto: None,
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));
+        let task = tokio::spawn(daemon::run(config, mesh, api, shutdown.clone()));
         client.get_status().await.unwrap();
         let tap = state("br-weft-tap")
             .await
@@ -713,7 +719,7 @@ fn cli_attach_survives_a_router_restart() {
             .args(["netns", "exec", &router.name, env!("CARGO_BIN_EXE_weft")])
             .args(args)
             .env("WEFT_HOME", &home)
-            .env_remove("WEFT_HTTP_ADDR")
+            .env_remove("WEFT_API_SOCKET")
             .output()
             .unwrap();
         let text = format!(

@@ -1,8 +1,10 @@
 //! The real shell on loopback: routers run in-process through
-//! `shell::daemon::run` on ephemeral ports, and the `weft` binary is run
+//! `shell::daemon::run` on ephemeral ports (the control API on a socket in
+//! a temporary directory), and the `weft` binary is run
 //! for its error paths and its background launch.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use weft_router::core::RouterConfig;
 use weft_router::core::identity::{Identity, PeerName, PeerUid};
 use weft_router::core::status::RouterStatus;
+use weft_router::shell::api_socket::ApiSocket;
 use weft_router::shell::client::Client;
 use weft_router::shell::daemon::{self, DaemonConfig, DaemonError};
 
@@ -23,13 +26,19 @@ struct TestRouter {
     client: Client,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), DaemonError>>,
+    /// Holds the control socket.
+    _dir: tempfile::TempDir,
 }
 
 async fn start_router(seed: u64) -> TestRouter {
     let mesh = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("weft.sock");
+    let api = ApiSocket::bind(&socket, None)
+        .unwrap()
+        .into_tokio()
+        .unwrap();
     let mesh_addr = mesh.local_addr().unwrap();
-    let http_addr = http.local_addr().unwrap();
     let name = PeerName::from_u64(0x0200_0000_0000 | seed).unwrap();
     let identity = Identity {
         name,
@@ -51,13 +60,14 @@ async fn start_router(seed: u64) -> TestRouter {
         crypto: None,
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(daemon::run(config, mesh, http, shutdown.clone()));
+    let task = tokio::spawn(daemon::run(config, mesh, api, shutdown.clone()));
     TestRouter {
         name,
         mesh: mesh_addr,
-        client: Client::new(http_addr),
+        client: Client::new(socket),
         shutdown,
         task,
+        _dir: dir,
     }
 }
 
@@ -244,22 +254,24 @@ async fn the_api_rejects_bad_requests_with_json_errors() {
         "nothing applied when one address is bad"
     );
 
-    let http = http_get(a.client.addr(), "/nope").await;
+    let http = http_get(a.client.socket(), "/nope").await;
     assert!(http.starts_with("HTTP/1.1 404"), "{http}");
     assert!(
         http.contains("{\"error\":\"no such endpoint: GET /nope"),
         "{http}"
     );
 
+    let socket = a.client.socket().to_owned();
     a.shutdown.cancel();
     a.task.await.unwrap().unwrap();
+    assert!(!socket.exists(), "a clean stop removes the socket file");
 }
 
 /// A raw HTTP/1.1 GET, to see exactly what the server sends.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
+async fn http_get(socket: &Path, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -270,7 +282,7 @@ fn weft(args: &[&str], home: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(args)
         .env("WEFT_HOME", home)
-        .env_remove("WEFT_HTTP_ADDR")
+        .env_remove("WEFT_API_SOCKET")
         .output()
         .unwrap()
 }
@@ -308,14 +320,24 @@ fn cli_rejects_a_malformed_peer_before_starting_anything() {
 #[test]
 fn cli_status_says_when_no_router_is_running() {
     let tmp = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let out = weft(&["status", "--http-addr", &addr], tmp.path());
+    let out = weft(&["status"], tmp.path());
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out).trim(),
         format!(
-            "weft: no weft router is answering at {addr} (is it running? start it with `weft launch`)"
+            "weft: no weft router is answering at {} (is it running? start it with `weft launch`, or give the --home or --api-socket it was launched with)",
+            tmp.path().join("weft.sock").display()
         )
+    );
+    let other = tmp.path().join("elsewhere.sock");
+    let out = weft(
+        &["status", "--api-socket", other.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert!(
+        stderr(&out).contains(&format!("answering at {} (", other.display())),
+        "{}",
+        stderr(&out)
     );
 }
 
@@ -335,7 +357,6 @@ fn cli_launches_in_the_background_reports_and_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let _guard = KillOnDrop(home.clone());
-    let http = format!("127.0.0.1:{}", free_port());
     let port = free_port().to_string();
     // The bridge and TAP device are tested in `tests/host.rs`, inside a
     // namespace of their own; here they would land in the host's.
@@ -344,8 +365,6 @@ fn cli_launches_in_the_background_reports_and_stops() {
         "--no-bridge",
         "--port",
         &port,
-        "--http-addr",
-        &http,
         "--nickname",
         "cli-test",
         "--name",
@@ -361,6 +380,13 @@ fn cli_launches_in_the_background_reports_and_stops() {
     );
     assert!(stdout.contains(&format!("logs: {}", home.join("weft.log").display())));
     assert!(home.join("weft.pid").exists());
+    let socket = home.join("weft.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o660,
+        "the control socket is owner and group only"
+    );
 
     let again = weft(&launch, &home);
     assert_eq!(again.status.code(), Some(1));
@@ -370,7 +396,7 @@ fn cli_launches_in_the_background_reports_and_stops() {
         stderr(&again)
     );
 
-    let out = weft(&["status", "--http-addr", &http], &home);
+    let out = weft(&["status"], &home);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Name: 7a:00:00:00:00:01 (cli-test)"),
@@ -381,17 +407,18 @@ fn cli_launches_in_the_background_reports_and_stops() {
         "{text}"
     );
 
-    let out = weft(&["report", "--http-addr", &http], &home);
+    let out = weft(&["report"], &home);
     let report: RouterStatus = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report.nickname, "cli-test");
 
-    let out = weft(&["stop", "--http-addr", &http], &home);
+    let out = weft(&["stop"], &home);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "weft router stopped\n"
     );
     assert!(!home.join("weft.pid").exists(), "pid file removed on stop");
+    assert!(!socket.exists(), "socket removed on stop");
     let log = std::fs::read_to_string(home.join("weft.log")).unwrap();
     assert!(log.contains("weft router stopped"), "{log}");
 }

@@ -1,7 +1,9 @@
-//! A small client for the router's HTTP API, used by the `weft` CLI.
+//! A small client for the router's control API on its unix socket
+//! ([`crate::shell::api_socket`]), used by the `weft` CLI.
 
 use std::io;
-use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,9 +12,10 @@ use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
+use tokio::net::UnixStream;
 
 use crate::core::status::RouterStatus;
+use crate::shell::api_socket;
 use crate::shell::attach::AttachmentInfo;
 use crate::shell::describe_io_error;
 use crate::shell::http_api::{
@@ -29,50 +32,64 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no weft router is answering at {addr} (is it running? start it with `weft launch`)")]
-    NotRunning { addr: SocketAddr },
-    #[error("cannot reach the weft router API at {addr}: {}", describe_io_error(.error))]
-    Connect { addr: SocketAddr, error: io::Error },
     #[error(
-        "the weft router at {addr} did not answer within {}s; check its log",
+        "no weft router is answering at {} (is it running? start it with `weft launch`, or give the --home or --api-socket it was launched with)",
+        .path.display()
+    )]
+    NotRunning { path: PathBuf },
+    #[error(
+        "permission denied on {}: only root{} may use the weft control socket; run this as root (sudo) or as a member of its group (chosen with `weft launch --api-group`)",
+        .path.display(),
+        .group.as_deref().map(|g| format!(" and members of group {g}")).unwrap_or_default()
+    )]
+    PermissionDenied {
+        path: PathBuf,
+        /// The socket's group, if it could be read.
+        group: Option<String>,
+    },
+    #[error("cannot reach the weft router API at {}: {}", .path.display(), describe_io_error(.error))]
+    Connect { path: PathBuf, error: io::Error },
+    #[error(
+        "the weft router at {} did not answer within {}s; check its log",
+        .path.display(),
         REQUEST_TIMEOUT.as_secs()
     )]
-    Timeout { addr: SocketAddr },
-    #[error("the weft router at {addr} refused the request: {message}")]
+    Timeout { path: PathBuf },
+    #[error("the weft router at {} refused the request: {message}", .path.display())]
     Api {
-        addr: SocketAddr,
+        path: PathBuf,
         status: u16,
         message: String,
     },
-    #[error("talking to the weft router at {addr} failed: {error}")]
-    Http {
-        addr: SocketAddr,
-        error: hyper::Error,
-    },
-    #[error("the weft router at {addr} sent an answer weft cannot read: {why}")]
-    BadResponse { addr: SocketAddr, why: String },
+    #[error("talking to the weft router at {} failed: {error}", .path.display())]
+    Http { path: PathBuf, error: hyper::Error },
+    #[error("the weft router at {} sent an answer weft cannot read: {why}", .path.display())]
+    BadResponse { path: PathBuf, why: String },
 }
 
 impl ClientError {
-    /// Whether the error says nothing listens at the address.
+    /// Whether the error says nothing listens on the socket.
     pub fn is_not_running(&self) -> bool {
         matches!(self, ClientError::NotRunning { .. })
     }
 }
 
-/// Talks to one router's API.
-#[derive(Clone, Copy, Debug)]
+/// Talks to one router's control API.
+#[derive(Clone, Debug)]
 pub struct Client {
-    addr: SocketAddr,
+    socket: PathBuf,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
+    /// A client for the router listening on unix socket `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     pub async fn get_status(&self) -> Result<RouterStatus, ClientError> {
@@ -127,7 +144,8 @@ impl Client {
     }
 
     pub async fn post_stop(&self) -> Result<StopResponse, ClientError> {
-        self.request(Method::POST, "/stop", None).await
+        self.request(Method::POST, "/stop", Some(b"{}".to_vec()))
+            .await
     }
 
     pub async fn post_attach(
@@ -158,34 +176,36 @@ impl Client {
     ) -> Result<T, ClientError> {
         tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
             .await
-            .map_err(|_| ClientError::Timeout { addr: self.addr })?
+            .map_err(|_| ClientError::Timeout {
+                path: self.socket.clone(),
+            })?
     }
 
     async fn exchange<T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        endpoint: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let addr = self.addr;
-        let stream = TcpStream::connect(addr).await.map_err(|error| {
-            if error.kind() == io::ErrorKind::ConnectionRefused {
-                ClientError::NotRunning { addr }
-            } else {
-                ClientError::Connect { addr, error }
-            }
-        })?;
-        let http = |error| ClientError::Http { addr, error };
+        let path = || self.socket.clone();
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| connect_error(&self.socket, error))?;
+        let http = |error| ClientError::Http {
+            path: path(),
+            error,
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(http)?;
         // Drives the connection; ends when `sender` is dropped.
         tokio::spawn(conn);
 
-        let mut request = Request::builder().method(method).uri(path);
-        if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
-            request = request.header(HOST, host);
-        }
+        // HTTP/1.1 needs a Host; a socket has no name, so a fixed one.
+        let mut request = Request::builder()
+            .method(method)
+            .uri(endpoint)
+            .header(HOST, HeaderValue::from_static("weft"));
         let body: BoxBody<Bytes, hyper::Error> = match body {
             Some(bytes) => {
                 request = request.header(CONTENT_TYPE, "application/json");
@@ -196,7 +216,7 @@ impl Client {
             None => Empty::new().map_err(|never| match never {}).boxed(),
         };
         let request = request.body(body).map_err(|e| ClientError::BadResponse {
-            addr,
+            path: path(),
             why: format!("cannot build request: {e}"),
         })?;
         let response = sender.send_request(request).await.map_err(http)?;
@@ -205,7 +225,7 @@ impl Client {
             .collect()
             .await
             .map_err(|e| ClientError::BadResponse {
-                addr,
+                path: path(),
                 why: e.to_string(),
             })?
             .to_bytes();
@@ -214,15 +234,33 @@ impl Client {
                 .map(|e| e.error)
                 .unwrap_or_else(|_| format!("HTTP {status}"));
             return Err(ClientError::Api {
-                addr,
+                path: path(),
                 status: status.as_u16(),
                 message,
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
-            addr,
+            path: path(),
             why: e.to_string(),
         })
+    }
+}
+
+/// Names the two usual reasons a connect fails: nothing there, or not
+/// allowed (with the socket's group, when it can be read).
+fn connect_error(socket: &Path, error: io::Error) -> ClientError {
+    let path = socket.to_owned();
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
+            ClientError::NotRunning { path }
+        }
+        io::ErrorKind::PermissionDenied => {
+            let group = std::fs::metadata(socket)
+                .ok()
+                .and_then(|m| api_socket::group_name(m.gid()));
+            ClientError::PermissionDenied { path, group }
+        }
+        _ => ClientError::Connect { path, error },
     }
 }
 

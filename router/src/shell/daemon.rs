@@ -5,12 +5,13 @@
 //!  accept task ─┐                      ┌─> writer task per connection
 //!  dial tasks  ─┤                      │
 //!  reader tasks ┼─> events ─> router task
-//!  HTTP API    ─┤     (mpsc)   (owns Router, sleeps until poll_timeout)
+//!  control API ─┤     (mpsc)   (owns Router, sleeps until poll_timeout)
 //!  status page ─┘
 //! ```
 //!
 //! [`run`] takes already-bound listeners and a shutdown token, so tests run
-//! real routers on ephemeral ports in one process.
+//! real routers on ephemeral ports (and sockets in temporary
+//! directories) in one process.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use crate::core::router::SessionEvent;
 use crate::core::status::GossipStatus;
 use crate::core::wire::addr::PeerAddr;
 use crate::core::{Action, ConnHandle, Router, RouterConfig};
+use crate::shell::api_socket::ApiListener;
 use crate::shell::attach::{AttachError, Attachments};
 use crate::shell::crypto::CryptoSettings;
 use crate::shell::dataplane::DataPlane;
@@ -73,7 +75,7 @@ pub struct DaemonConfig {
     /// Targets to connect to from the start (the command line's peers).
     pub targets: Vec<PeerAddr>,
     /// The locked home directory, if any: user targets are persisted there,
-    /// and it is released (pid file removed) before the HTTP API stops
+    /// and it is released (pid file removed) before the control API stops
     /// answering, so `weft stop` returning means the home is free again.
     pub home: Option<Home>,
     /// The bound data-plane UDP socket (same port number as the mesh
@@ -137,7 +139,7 @@ pub(crate) enum Event {
 pub async fn run(
     config: DaemonConfig,
     listener: TcpListener,
-    http_listener: TcpListener,
+    api_listener: ApiListener,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     // First, so that failing to start it leaves nothing to undo.
@@ -148,12 +150,7 @@ pub async fn run(
             what: "mesh",
             error,
         })?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|error| DaemonError::ListenerAddr {
-            what: "HTTP API",
-            error,
-        })?;
+    let api_socket = api_listener.path().to_owned();
     let (mut host_net, host_handles) = match &config.host {
         Some(host) => {
             let (net, handles) = start_host(host, config.home.as_ref()).await?;
@@ -177,7 +174,7 @@ pub async fn run(
         ))
     });
     let http = tokio::spawn(http_api::serve(
-        http_listener,
+        api_listener,
         api,
         Surface::Control,
         api_stop.clone(),
@@ -222,7 +219,7 @@ pub async fn run(
     };
     let id = router.identity();
     info!(
-        peer = %id.name, nickname = %id.nickname, mesh = %mesh_addr, api = %http_addr,
+        peer = %id.name, nickname = %id.nickname, mesh = %mesh_addr, api = %api_socket.display(),
         "weft router started"
     );
     let targets_file = config.home.as_ref().map(Home::targets_path);
@@ -539,7 +536,7 @@ impl RouterTask {
                 let _ = reply.send(answer);
             }
             ApiRequest::Stop(reply) => {
-                info!("stop requested through the HTTP API");
+                info!("stop requested through the control API");
                 let _ = reply.send(());
                 self.stop.cancel();
             }

@@ -297,6 +297,8 @@ pub fn reset(dir: &Path) -> Result<Vec<PathBuf>, HomeError> {
         PID_FILE,
         LOG_FILE,
         LOCK_FILE,
+        // A crashed router's socket (a clean stop removes it).
+        crate::shell::api_socket::SOCKET_FILE,
     ] {
         let path = dir.join(name);
         match fs::remove_file(&path) {

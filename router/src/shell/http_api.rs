@@ -1,4 +1,6 @@
-//! The local HTTP API (`--http-addr`, default `127.0.0.1:6784`).
+//! The control API: HTTP/1 on a unix socket (`--api-socket`, default
+//! `/run/weft/weft.sock`; who may connect is the socket's mode and group,
+//! see [`crate::shell::api_socket`]).
 //!
 //! The mesh endpoints are answered by the router task: the handler sends an
 //! [`ApiRequest`] with a oneshot reply over the router's event queue, so the
@@ -6,6 +8,13 @@
 //! on the host's network, not the router, and are answered directly by the
 //! daemon's [`Attachments`]. Bodies are JSON; errors are always
 //! `{"error": "..."}`.
+//!
+//! A request that could change something (any method but GET and HEAD)
+//! must say `Content-Type: application/json` (else 415), and the control
+//! surface refuses any request with an `Origin` header (403): only a
+//! browser sends one, and a web page has no business here. This keeps the
+//! classic cross-site tricks (a form or `fetch` posting `text/plain` to a
+//! local port) out even where the API is reachable by a browser.
 //!
 //! | Method and path | Body | Answer |
 //! |---|---|---|
@@ -24,6 +33,7 @@
 //! `docs/api.md` documents both.
 
 use std::convert::Infallible;
+use std::io;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,22 +41,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::core::prefix::IpNet;
 use crate::core::status::RouterStatus;
 use crate::core::wire::addr::PeerAddr;
-use crate::core::prefix::IpNet;
+use crate::shell::api_socket::ApiListener;
 use crate::shell::attach::{
     AttachError, AttachmentInfo, Attachments, DEFAULT_IFNAME, Netns, parse_cidrs,
 };
@@ -259,10 +271,39 @@ impl ApiHandle {
     }
 }
 
+/// A listener the API can be served on: the control socket, or TCP for
+/// the status listener.
+pub(crate) trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for ApiListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        ApiListener::accept(self).await
+    }
+}
+
 /// Serves the API until `stop` is cancelled, then gives in-flight requests
-/// a moment to finish.
-pub(crate) async fn serve(
-    listener: TcpListener,
+/// a moment to finish. The listener is dropped before the wait (for the
+/// control socket: its file is removed).
+pub(crate) async fn serve<L: Accept>(
+    listener: L,
     api: ApiHandle,
     surface: Surface,
     stop: CancellationToken,
@@ -274,7 +315,7 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
                 warn!(error = %e, "HTTP API: accept failed");
@@ -288,9 +329,12 @@ pub(crate) async fn serve(
             let service = service_fn(move |req| {
                 let api = api.clone();
                 async move {
-                    let response = match surface {
-                        Surface::Control => handle(&api, req).await,
-                        Surface::Status => status_page::handle(&api, req).await,
+                    let response = match refusal(surface, &req) {
+                        Some(refused) => refused,
+                        None => match surface {
+                            Surface::Control => handle(&api, req).await,
+                            Surface::Status => status_page::handle(&api, req).await,
+                        },
                     };
                     Ok::<_, Infallible>(response)
                 }
@@ -315,6 +359,37 @@ pub(crate) async fn serve(
     drop(listener);
     conns.close();
     let _ = tokio::time::timeout(DRAIN_GRACE, conns.wait()).await;
+}
+
+/// The rules every request meets before it reaches an endpoint: no
+/// `Origin` on the control surface, and a JSON content type on anything
+/// that is not a read. Returns the refusal, if any.
+fn refusal<B>(surface: Surface, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    if surface == Surface::Control && req.headers().contains_key(ORIGIN) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "requests with an Origin header (from a web page) are refused by the weft control API; use the weft CLI or a client that sends no Origin".into(),
+        ));
+    }
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return None;
+    }
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    (!json).then(|| {
+        error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{} {} needs the header Content-Type: application/json",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+    })
 }
 
 async fn handle(api: &ApiHandle, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -618,4 +693,156 @@ pub(crate) fn error(status: StatusCode, message: String) -> Response<Full<Bytes>
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    /// A server on a socket in a temporary directory, with a stand-in for
+    /// the router task that answers status and counts stop requests.
+    struct Server {
+        _dir: tempfile::TempDir,
+        socket: std::path::PathBuf,
+        stops: Arc<std::sync::atomic::AtomicUsize>,
+        stop: CancellationToken,
+    }
+
+    async fn server(surface: Surface) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (events, mut rx) = mpsc::channel(8);
+        let stops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = stops.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if let Event::Api(ApiRequest::Stop(reply)) = event {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = reply.send(());
+                }
+            }
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            ApiHandle::new(events, None),
+            surface,
+            stop.clone(),
+        ));
+        Server {
+            _dir: dir,
+            socket,
+            stops,
+            stop,
+        }
+    }
+
+    /// Sends `head` (request line and headers, without the blank line)
+    /// and `body`; returns the status code and the whole response.
+    async fn send(server: &Server, head: &str, body: &str) -> (u16, String) {
+        let mut stream = UnixStream::connect(&server.socket).await.unwrap();
+        let request = format!(
+            "{head}\r\nHost: weft\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, response)
+    }
+
+    fn stops(server: &Server) -> usize {
+        server.stops.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    const STATE_CHANGING: [&str; 8] = [
+        "/stop",
+        "/connect",
+        "/forget",
+        "/attach",
+        "/detach",
+        "/expose",
+        "/hide",
+        "/password",
+    ];
+
+    #[tokio::test]
+    async fn a_post_that_is_not_json_is_refused_with_415() {
+        let s = server(Surface::Control).await;
+        for path in STATE_CHANGING {
+            // What an HTML form or a "simple" cross-site fetch can send.
+            for content_type in [
+                "Content-Type: text/plain",
+                "Content-Type: application/x-www-form-urlencoded",
+            ] {
+                let (code, text) =
+                    send(&s, &format!("POST {path} HTTP/1.1\r\n{content_type}"), "{}").await;
+                assert_eq!(code, 415, "{path}: {text}");
+                assert!(text.contains("Content-Type: application/json"), "{text}");
+            }
+            let (code, text) = send(&s, &format!("POST {path} HTTP/1.1"), "{}").await;
+            assert_eq!(code, 415, "{path} without a content type: {text}");
+        }
+        assert_eq!(stops(&s), 0, "nothing reached the router");
+        let (code, text) = send(
+            &s,
+            "POST /stop HTTP/1.1\r\nContent-Type: application/json; charset=utf-8",
+            "",
+        )
+        .await;
+        assert_eq!(code, 200, "{text}");
+        assert_eq!(stops(&s), 1);
+        s.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_request_with_an_origin_is_refused_with_403() {
+        let s = server(Surface::Control).await;
+        let (code, text) = send(
+            &s,
+            "POST /stop HTTP/1.1\r\nContent-Type: application/json\r\nOrigin: http://evil.example",
+            "{}",
+        )
+        .await;
+        assert_eq!(code, 403, "{text}");
+        assert!(text.contains("Origin"), "{text}");
+        let (code, text) = send(&s, "GET /status HTTP/1.1\r\nOrigin: null", "").await;
+        assert_eq!(code, 403, "reads too: {text}");
+        assert_eq!(stops(&s), 0);
+        s.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_status_surface_refuses_every_state_changing_route() {
+        let s = server(Surface::Status).await;
+        for path in STATE_CHANGING {
+            for method in ["POST", "PUT", "DELETE"] {
+                let (code, text) = send(
+                    &s,
+                    &format!("{method} {path} HTTP/1.1\r\nContent-Type: application/json"),
+                    "{}",
+                )
+                .await;
+                assert_eq!(code, 405, "{method} {path}: {text}");
+                assert!(text.contains("read-only"), "{text}");
+            }
+            let (code, _) = send(
+                &s,
+                &format!("POST {path} HTTP/1.1\r\nContent-Type: text/plain"),
+                "{}",
+            )
+            .await;
+            assert_eq!(code, 415, "{path}");
+        }
+        assert_eq!(stops(&s), 0, "nothing reached the router");
+        s.stop.cancel();
+    }
 }

@@ -3,11 +3,13 @@
 //! One task owns the [`crate::core::Router`] and is the only place protocol
 //! decisions happen ([`daemon`]). Everything else here moves bytes or files:
 //! per-connection reader and writer tasks, dial tasks, the listener, the
-//! local HTTP API ([`http_api`]) and its client ([`client`]), the
+//! control API ([`http_api`]) on its unix socket ([`api_socket`]) and its
+//! client ([`client`]), the
 //! router's home directory ([`home`]), and the host's side of the data
 //! plane: the bridge and TAP device ([`host`]) and the network namespaces
 //! attached to the bridge ([`attach`]).
 
+pub mod api_socket;
 pub mod attach;
 pub mod client;
 pub mod crypto;

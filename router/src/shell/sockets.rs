@@ -22,8 +22,6 @@ const BACKLOG: i32 = 1024;
 pub enum Service {
     /// The mesh (control) port peers connect to.
     Mesh,
-    /// The local HTTP API.
-    Api,
     /// The read-only status listener.
     Status,
 }
@@ -36,10 +34,6 @@ pub enum BindError {
         "UDP port {port} (the data plane uses the same number as the TCP port) is already in use; stop the other program or pick another --port"
     )]
     UdpPortInUse { port: u16 },
-    #[error(
-        "HTTP API address {addr} is already in use (is another weft router running?); stop the other program or pick another --http-addr"
-    )]
-    ApiAddrInUse { addr: SocketAddr },
     #[error(
         "status address {addr} is already in use (is another weft router running?); stop the other program or pick another --status-addr"
     )]
@@ -73,7 +67,6 @@ pub fn bind(addr: SocketAddr, service: Service) -> Result<std::net::TcpListener,
     let classify = |error: io::Error| match error.kind() {
         io::ErrorKind::AddrInUse => match service {
             Service::Mesh => BindError::MeshPortInUse { port: addr.port() },
-            Service::Api => BindError::ApiAddrInUse { addr },
             Service::Status => BindError::StatusAddrInUse { addr },
         },
         io::ErrorKind::PermissionDenied => BindError::PermissionDenied { addr },
@@ -116,7 +109,7 @@ mod tests {
                 addr.port()
             )
         );
-        let err = bind(addr, Service::Api).unwrap_err();
-        assert!(err.to_string().contains("--http-addr"), "{err}");
+        let err = bind(addr, Service::Status).unwrap_err();
+        assert!(err.to_string().contains("--status-addr"), "{err}");
     }
 }
