@@ -30,8 +30,9 @@ use weft_router::shell::api_socket::ApiSocket;
 use weft_router::shell::attach::{self, AttachError, Attachments, Netns};
 use weft_router::shell::client::Client;
 use weft_router::shell::daemon::{self, DaemonConfig};
-use weft_router::shell::host::{self, HostConfig, HostError, LinkState};
+use weft_router::shell::host::{self, HostConfig, HostError};
 use weft_router::shell::http_api::{AttachRequest, DetachRequest};
+use weft_router::shell::netlink::{self, LinkState};
 
 const MTU: u32 = 1408;
 
@@ -148,7 +149,7 @@ async fn set_up(name: &str) {
 }
 
 async fn state(name: &str) -> Option<LinkState> {
-    host::link_state(name).await.unwrap()
+    netlink::link_state(name).await.unwrap()
 }
 
 async fn raw_link(name: &str) -> LinkMessage {
@@ -289,7 +290,7 @@ async fn assert_host_net(bridge: &str, tap: &str, net: &host::HostNet) {
         (libc::IFF_TAP as u8, 0, 1, 1),
         "TAP mode, no packet information, a virtio header (offloads), multi-queue"
     );
-    assert_eq!(host::mac_address(tap).await.unwrap(), Some(net.tap_mac));
+    assert_eq!(netlink::mac_address(tap).await.unwrap(), Some(net.tap_mac));
 }
 
 #[test]

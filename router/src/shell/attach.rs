@@ -40,9 +40,9 @@ use tracing::{info, warn};
 use crate::core::prefix::{self, IpNet, PrefixError};
 use crate::shell::describe_io_error;
 use crate::shell::home::{self, HomeError};
-use crate::shell::host::{
-    self, HostError, IfnameError, Netlink, address_of, check_ifname, link_is_up, link_kind,
-    link_mac,
+use crate::shell::host::{HostError, IfnameError, check_ifname};
+use crate::shell::netlink::{
+    self, LinkState, Netlink, NetlinkError, address_of, link_is_up, link_kind, link_mac,
 };
 
 /// Interface name inside the namespace unless `--ifname` says otherwise.
@@ -173,6 +173,8 @@ pub enum AttachError {
     },
     #[error(transparent)]
     Host(#[from] HostError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Home(#[from] HomeError),
     #[error("{} does not hold valid attachments ({error}); fix the file or delete it (attached containers then need `weft attach` again)", .path.display())]
@@ -368,7 +370,7 @@ impl Attachments {
             .add(veth)
             .execute()
             .await
-            .map_err(|error| HostError::Netlink {
+            .map_err(|error| NetlinkError::Request {
                 action: format!("create veth pair {host_ifname} / {ifname} for {netns}"),
                 error,
             })?;
@@ -446,7 +448,10 @@ impl Attachments {
             )
             .await?;
             for cidr in &cidrs {
-                let mut add = nl.handle.address().add(index, cidr.addr(), cidr.prefix_len());
+                let mut add = nl
+                    .handle
+                    .address()
+                    .add(index, cidr.addr(), cidr.prefix_len());
                 if cidr.addr().is_ipv6() {
                     // The address comes from weft's allocation, so it is
                     // unique; duplicate detection would only delay it.
@@ -454,7 +459,7 @@ impl Attachments {
                         .attributes
                         .push(AddressAttribute::Flags(AddressFlags::Nodad));
                 }
-                add.execute().await.map_err(|error| HostError::Netlink {
+                add.execute().await.map_err(|error| NetlinkError::Request {
                     action: format!("add address {cidr} to {ifname} in {where_}"),
                     error,
                 })?;
@@ -643,7 +648,7 @@ async fn read_live(nl: &Netlink, ifname: &str) -> Result<Live, AttachError> {
     let link = nl
         .link_by_name(ifname)
         .await?
-        .ok_or_else(|| HostError::Netlink {
+        .ok_or_else(|| NetlinkError::Request {
             action: format!("find {ifname}"),
             error: rtnetlink::Error::RequestFailed,
         })?;
@@ -655,7 +660,7 @@ async fn read_live(nl: &Netlink, ifname: &str) -> Result<Live, AttachError> {
         .execute()
         .try_collect()
         .await
-        .map_err(|error| HostError::Netlink {
+        .map_err(|error| NetlinkError::Request {
             action: format!("list the addresses of {ifname}"),
             error,
         })?;
@@ -718,14 +723,11 @@ fn is_link_local_v6(addr: IpAddr) -> bool {
 
 /// Reads the state of the interface `ifname` inside `netns`, for checks
 /// and tests: `None` if there is no such interface.
-pub async fn link_state_in(
-    netns: &Netns,
-    ifname: &str,
-) -> Result<Option<host::LinkState>, AttachError> {
+pub async fn link_state_in(netns: &Netns, ifname: &str) -> Result<Option<LinkState>, AttachError> {
     let (file, _) = open_netns(netns)?;
     let ifname = ifname.to_owned();
     in_netns(netns, &file, move |nl| async move {
-        Ok(host::read_link_state(&nl, &ifname).await?)
+        Ok(netlink::read_link_state(&nl, &ifname).await?)
     })
     .await
 }

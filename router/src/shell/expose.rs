@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::core::prefix::IpNet;
 use crate::shell::home::{self, HomeError};
-use crate::shell::host::{HostError, Netlink, address_of, errno};
+use crate::shell::netlink::{Netlink, NetlinkError, address_of, errno};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExposeError {
@@ -32,7 +32,7 @@ pub enum ExposeError {
     #[error("{cidr} is not exposed; `weft status` lists the exposed addresses")]
     NotExposed { cidr: IpNet },
     #[error(transparent)]
-    Host(#[from] HostError),
+    Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Home(#[from] HomeError),
     #[error("{} does not hold a list of addresses ({error}); fix the file or delete it", .path.display())]
@@ -152,7 +152,7 @@ impl Exposed {
                 .execute()
                 .try_collect()
                 .await
-                .map_err(|error| HostError::Netlink {
+                .map_err(|error| NetlinkError::Request {
                     action: format!("list the addresses of {}", self.bridge),
                     error,
                 })?;
@@ -163,7 +163,7 @@ impl Exposed {
                         .del(message)
                         .execute()
                         .await
-                        .map_err(|error| HostError::Netlink {
+                        .map_err(|error| NetlinkError::Request {
                             action: format!("remove an address from {}", self.bridge),
                             error,
                         })?;
@@ -200,7 +200,12 @@ impl Exposed {
 
 /// Adds `cidr` to interface `index`; an address already there is fine
 /// (exposing twice, or a restore over a bridge that kept it).
-async fn add_address(nl: &Netlink, index: u32, bridge: &str, cidr: &IpNet) -> Result<(), HostError> {
+async fn add_address(
+    nl: &Netlink,
+    index: u32,
+    bridge: &str,
+    cidr: &IpNet,
+) -> Result<(), NetlinkError> {
     match nl
         .handle
         .address()
@@ -210,7 +215,7 @@ async fn add_address(nl: &Netlink, index: u32, bridge: &str, cidr: &IpNet) -> Re
     {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-        Err(error) => Err(HostError::Netlink {
+        Err(error) => Err(NetlinkError::Request {
             action: format!("add address {cidr} to bridge {bridge}"),
             error,
         }),

@@ -25,19 +25,15 @@
 use std::fmt;
 use std::io;
 
-use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{
-    BridgeStpState, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec};
+use rtnetlink::packet_route::link::{BridgeStpState, InfoKind};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec};
 use tracing::{debug, info, warn};
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use crate::core::forward::DEFAULT_OVERLAY_MTU;
 use crate::core::wire::ethernet::Mac;
-use crate::core::prefix::IpNet;
 use crate::shell::describe_io_error;
+use crate::shell::netlink::{Netlink, NetlinkError, link_kind, link_mac, permission_hint};
 
 /// Lets the kernel hand the TAP's reader TCP super-segments with partial
 /// checksums (TSO) instead of segmenting and checksumming every frame
@@ -115,13 +111,8 @@ impl Default for HostConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("cannot open a netlink socket: {}", describe_io_error(.0))]
-    Socket(io::Error),
-    #[error("cannot {action}: {}", describe_netlink(.error))]
-    Netlink {
-        action: String,
-        error: rtnetlink::Error,
-    },
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     #[error(
         "a network interface named {name} already exists and is {}, not a bridge; remove it (`ip link delete {name}`) or pick another --bridge",
         article(.kind)
@@ -283,7 +274,7 @@ pub async fn setup(bridge: &str, mtu: u32) -> Result<HostNet, HostError> {
                 .add(LinkBridge::new(bridge).build())
                 .execute()
                 .await
-                .map_err(|error| HostError::Netlink {
+                .map_err(|error| NetlinkError::Request {
                     action: format!("create bridge {bridge}"),
                     error,
                 })?;
@@ -348,7 +339,7 @@ async fn setup_tap(
             .change(message)
             .execute()
             .await
-            .map_err(|error| HostError::Netlink {
+            .map_err(|error| NetlinkError::Request {
                 action: format!("{what} bridge {bridge}"),
                 error,
             })?;
@@ -419,208 +410,7 @@ pub async fn remove_all(bridge: &str, veths: &[String]) -> Result<(), HostError>
         nl.delete_link(veth).await?;
     }
     nl.delete_link(&tap_name(bridge)).await?;
-    nl.delete_link(bridge).await
-}
-
-/// Reads the MAC address of interface `name` (such as the TAP device);
-/// `None` if there is no such interface.
-pub async fn mac_address(name: &str) -> Result<Option<Mac>, HostError> {
-    let nl = Netlink::open()?;
-    Ok(nl.link_by_name(name).await?.as_ref().and_then(link_mac))
-}
-
-/// An interface as the kernel reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkState {
-    pub index: u32,
-    /// `bridge`, `tun`, `veth`...; `None` for physical and loopback ones.
-    pub kind: Option<String>,
-    pub mtu: Option<u32>,
-    pub mac: Option<Mac>,
-    /// Administratively up.
-    pub up: bool,
-    /// Index of the bridge it is enslaved to.
-    pub controller: Option<u32>,
-    /// Its addresses, link-local IPv6 ones included.
-    pub addresses: Vec<IpNet>,
-}
-
-/// Reads interface `name` in this thread's network namespace, for status
-/// and checks; `None` if there is no such interface.
-pub async fn link_state(name: &str) -> Result<Option<LinkState>, HostError> {
-    read_link_state(&Netlink::open()?, name).await
-}
-
-pub(crate) async fn read_link_state(
-    nl: &Netlink,
-    name: &str,
-) -> Result<Option<LinkState>, HostError> {
-    let Some(link) = nl.link_by_name(name).await? else {
-        return Ok(None);
-    };
-    let index = link.header.index;
-    let addresses: Vec<AddressMessage> = nl
-        .handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|error| HostError::Netlink {
-            action: format!("list the addresses of {name}"),
-            error,
-        })?;
-    Ok(Some(LinkState {
-        index,
-        kind: link_kind(&link).map(ToString::to_string),
-        mtu: link_mtu(&link),
-        mac: link_mac(&link),
-        up: link_is_up(&link),
-        controller: link_controller(&link),
-        addresses: addresses.iter().filter_map(address_of).collect(),
-    }))
-}
-
-/// An rtnetlink connection in the calling thread's network namespace
-/// (fixed when the socket is created). Its I/O runs as a task on the
-/// current tokio runtime and ends when this is dropped.
-pub(crate) struct Netlink {
-    pub(crate) handle: Handle,
-}
-
-impl Netlink {
-    pub(crate) fn open() -> Result<Self, HostError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(HostError::Socket)?;
-        tokio::spawn(conn);
-        Ok(Self { handle })
-    }
-
-    /// The interface called `name`, if there is one.
-    pub(crate) async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, HostError> {
-        let found = self
-            .handle
-            .link()
-            .get()
-            .match_name(name)
-            .execute()
-            .try_next()
-            .await;
-        match found {
-            Ok(link) => Ok(link),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(error) => Err(HostError::Netlink {
-                action: format!("look up interface {name}"),
-                error,
-            }),
-        }
-    }
-
-    pub(crate) async fn index_of(&self, name: &str) -> Result<u32, HostError> {
-        match self.link_by_name(name).await? {
-            Some(link) => Ok(link.header.index),
-            None => Err(HostError::Netlink {
-                action: format!("find interface {name}"),
-                error: rtnetlink::Error::RequestFailed,
-            }),
-        }
-    }
-
-    pub(crate) async fn set_link(
-        &self,
-        message: LinkMessageBuilder<LinkUnspec>,
-        action: String,
-    ) -> Result<(), HostError> {
-        self.handle
-            .link()
-            .set(message.build())
-            .execute()
-            .await
-            .map_err(|error| HostError::Netlink { action, error })
-    }
-
-    /// Deletes interface `name`; one that does not exist is not an error.
-    /// Deleting either end of a veth pair removes both.
-    pub(crate) async fn delete_link(&self, name: &str) -> Result<(), HostError> {
-        let deleted = self
-            .handle
-            .link()
-            .del_with_message(LinkUnspec::new_with_name(name).build())
-            .execute()
-            .await;
-        match deleted {
-            Ok(()) => {
-                debug!(interface = name, "interface deleted");
-                Ok(())
-            }
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
-            Err(error) => Err(HostError::Netlink {
-                action: format!("delete interface {name}"),
-                error,
-            }),
-        }
-    }
-}
-
-/// The errno of a netlink error answer, if it is one.
-pub(crate) fn errno(error: &rtnetlink::Error) -> Option<i32> {
-    match error {
-        rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
-        _ => None,
-    }
-}
-
-/// The link's kind (`bridge`, `tun`, `veth`...), if it has one.
-pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
-            LinkInfo::Kind(kind) => Some(kind),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
-
-pub(crate) fn link_mac(link: &LinkMessage) -> Option<Mac> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac),
-        _ => None,
-    })
-}
-
-pub(crate) fn link_mtu(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(mtu) => Some(*mtu),
-        _ => None,
-    })
-}
-
-/// The index of the bridge the link is enslaved to, if any.
-pub(crate) fn link_controller(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Controller(index) => Some(*index),
-        _ => None,
-    })
-}
-
-/// Whether the link is administratively up.
-pub(crate) fn link_is_up(link: &LinkMessage) -> bool {
-    link.header.flags.contains(LinkFlags::Up)
-}
-
-/// The address of an address message, with its prefix length.
-pub(crate) fn address_of(message: &AddressMessage) -> Option<IpNet> {
-    // For IPv4 IFA_LOCAL is the interface's own address (IFA_ADDRESS is
-    // the peer's on point-to-point links); IPv6 has only IFA_ADDRESS.
-    let local = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(addr) => Some(*addr),
-        _ => None,
-    });
-    let address = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(addr) => Some(*addr),
-        _ => None,
-    });
-    IpNet::new(local.or(address)?, message.header.prefix_len).ok()
+    Ok(nl.delete_link(bridge).await?)
 }
 
 fn describe_kind(kind: Option<&InfoKind>) -> String {
@@ -634,27 +424,6 @@ fn describe_kind(kind: Option<&InfoKind>) -> String {
 fn article(noun: &str) -> String {
     let vowel = noun.starts_with(['a', 'e', 'i', 'o', 'u', 'A', 'E', 'I', 'O', 'U']);
     format!("{} {noun}", if vowel { "an" } else { "a" })
-}
-
-/// An rtnetlink error as a sentence: errno answers read like `EPERM`'s
-/// "Operation not permitted", with a hint where the fix is obvious.
-pub(crate) fn describe_netlink(error: &rtnetlink::Error) -> String {
-    match error {
-        rtnetlink::Error::NetlinkError(message) => {
-            let io = message.to_io();
-            format!("{}{}", describe_io_error(&io), permission_hint(&io))
-        }
-        rtnetlink::Error::RequestFailed => "the kernel gave no answer".into(),
-        other => other.to_string(),
-    }
-}
-
-fn permission_hint(error: &io::Error) -> &'static str {
-    if error.kind() == io::ErrorKind::PermissionDenied {
-        " (weft needs root, or CAP_NET_ADMIN, to manage network interfaces)"
-    } else {
-        ""
-    }
 }
 
 #[cfg(test)]
@@ -721,7 +490,7 @@ mod tests {
             e.to_string(),
             "a network interface named weft already exists and is a veth interface, not a bridge; remove it (`ip link delete weft`) or pick another --bridge"
         );
-        let e = HostError::Netlink {
+        let e = NetlinkError::Request {
             action: "create bridge weft".into(),
             error: rtnetlink::Error::NetlinkError({
                 let mut m = rtnetlink::packet_core::ErrorMessage::default();

@@ -21,6 +21,7 @@ pub mod host;
 pub mod http_api;
 pub mod locks;
 pub mod metrics;
+pub mod netlink;
 pub mod preflight;
 pub mod sockets;
 pub mod status_page;
