@@ -23,8 +23,8 @@ use tracing::{error, info};
 
 use crate::core::RouterConfig;
 use crate::core::identity::{Identity, PeerName, PeerUid, validate_nickname};
-use crate::core::router::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
 use crate::core::prefix::{self, IpNet};
+use crate::core::router::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
 use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::format::{View, format_dot, format_ps, format_status, format_view};
@@ -596,11 +596,7 @@ impl LaunchPlan {
             args.extend(["--rekey-after-packets".into(), n.to_string().into()]);
         }
         if !self.trusted_subnets.is_empty() {
-            let list: Vec<String> = self
-                .trusted_subnets
-                .iter()
-                .map(IpNet::to_string)
-                .collect();
+            let list: Vec<String> = self.trusted_subnets.iter().map(IpNet::to_string).collect();
             args.extend(["--trusted-subnets".into(), list.join(",").into()]);
         }
         match &self.host {

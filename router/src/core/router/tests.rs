@@ -795,7 +795,11 @@ fn unicast_gossip_is_relayed_with_one_hop_less_and_dropped_at_its_limit() {
     net.routers[1].handle_bytes(now, from_0, &unicast(1));
     net.pump();
     assert_eq!(net.routers[1].gossip_stats().hop_limit_exceeded, 1);
-    assert_eq!(relayed(&net, 1), 0, "a message at its limit goes no further");
+    assert_eq!(
+        relayed(&net, 1),
+        0,
+        "a message at its limit goes no further"
+    );
 
     net.routers[1].handle_bytes(now, from_0, &unicast(2));
     net.pump();
