@@ -29,7 +29,7 @@ use crate::core::wire::addr::{DEFAULT_PORT, PeerAddr};
 use crate::core::wire::preamble::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::format::{View, format_dot, format_ps, format_status, format_view};
 use crate::shell::api_socket::{self, ApiSocket, DEFAULT_API_SOCKET, SocketGroup};
-use crate::shell::attach::{AttachmentRecord, DEFAULT_IFNAME, Netns, parse_cidrs};
+use crate::shell::attach::{AttachmentRecord, DEFAULT_IFNAME, Netns, check_id, parse_cidrs};
 use crate::shell::client::{Client, ClientError};
 use crate::shell::crypto::CryptoSettings;
 use crate::shell::daemon::{self, DaemonConfig};
@@ -218,6 +218,10 @@ pub struct NetnsRef {
     /// The network namespace of process PID (a container's).
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+    /// A network namespace file, as container runtimes give it:
+    /// /proc/PID/ns/net, /run/netns/NAME, /var/run/netns/cni-...
+    #[arg(long, value_name = "PATH")]
+    pub netns_path: Option<PathBuf>,
 }
 
 /// Which namespace, and which interface in it.
@@ -234,7 +238,11 @@ impl NetnsArgs {
     /// Checks the names here, so mistakes are reported without a round
     /// trip to the router.
     fn validate(&self) -> Result<()> {
-        Netns::from_parts(self.ns.netns.clone(), self.ns.pid)?;
+        Netns::from_parts(
+            self.ns.netns.clone(),
+            self.ns.pid,
+            self.ns.netns_path.clone(),
+        )?;
         host::check_ifname(&self.ifname).map_err(|e| anyhow!("invalid --ifname: {e}"))
     }
 }
@@ -245,6 +253,11 @@ pub struct AttachArgs {
     pub api: ApiArgs,
     #[command(flatten)]
     pub target: NetnsArgs,
+    /// The container's id, which later features key its addresses and
+    /// names by. Default: the namespace's name, pid-PID, or the last part
+    /// of --netns-path.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
     /// Addresses for the interface, like 10.32.0.1/12 or fd00::1/64.
     #[arg(required = true, value_name = "CIDR")]
     pub cidrs: Vec<String>,
@@ -718,16 +731,22 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Attach(args) => {
             let client = args.api.client()?;
             args.target.validate()?;
+            if let Some(id) = &args.id {
+                check_id(id)?;
+            }
             parse_cidrs(&args.cidrs)?;
             let request = AttachRequest {
                 netns: args.target.ns.netns,
                 pid: args.target.ns.pid,
+                netns_path: args.target.ns.netns_path,
+                id: args.id,
                 ifname: Some(args.target.ifname),
                 cidrs: args.cidrs,
             };
             let info = block_on(client.post_attach(&request))??;
             println!(
-                "attached {}: {} {} {} (host end {})",
+                "attached {} ({}): {} {} {} (host end {})",
+                info.id,
                 info.netns,
                 info.ifname,
                 info.mac.as_deref().unwrap_or("-"),
@@ -742,6 +761,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let request = DetachRequest {
                 netns: args.target.ns.netns,
                 pid: args.target.ns.pid,
+                netns_path: args.target.ns.netns_path,
                 ifname: Some(args.target.ifname),
             };
             let detached = block_on(client.post_detach(&request))??;
@@ -1311,6 +1331,7 @@ mod tests {
         assert_eq!(format_ps(&[]), "no namespace is attached\n");
         let attachments = [
             AttachmentInfo {
+                id: "c1".into(),
                 netns: Netns::Name("c1".into()),
                 ifname: "ethwe".into(),
                 host_ifname: "vw0123abcd".into(),
@@ -1319,6 +1340,7 @@ mod tests {
                 state: "up".into(),
             },
             AttachmentInfo {
+                id: "5f2a".into(),
                 netns: Netns::Pid(4242),
                 ifname: "ethwe".into(),
                 host_ifname: "vw89abcdef".into(),
@@ -1328,9 +1350,9 @@ mod tests {
             },
         ];
         let expected =
-            "  NAMESPACE  INTERFACE  MAC                ADDRESSES                HOST END    STATE
-  c1         ethwe      02:00:00:00:00:01  10.32.0.1/12,fd00::1/64  vw0123abcd  up
-  pid 4242   ethwe      -                  -                        vw89abcdef  down
+            "  ID    NAMESPACE  INTERFACE  MAC                ADDRESSES                HOST END    STATE
+  c1    c1         ethwe      02:00:00:00:00:01  10.32.0.1/12,fd00::1/64  vw0123abcd  up
+  5f2a  pid 4242   ethwe      -                  -                        vw89abcdef  down
 ";
         assert_eq!(format_ps(&attachments), expected);
     }

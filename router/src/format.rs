@@ -296,7 +296,8 @@ pub fn format_ps(attachments: &[AttachmentInfo]) -> String {
         return "no namespace is attached\n".into();
     }
     let mut rows = vec![vec![
-        "NAMESPACE".to_owned(),
+        "ID".to_owned(),
+        "NAMESPACE".into(),
         "INTERFACE".into(),
         "MAC".into(),
         "ADDRESSES".into(),
@@ -310,6 +311,7 @@ pub fn format_ps(attachments: &[AttachmentInfo]) -> String {
             a.addresses.join(",")
         };
         vec![
+            a.id.clone(),
             a.netns.label(),
             a.ifname.clone(),
             a.mac.clone().unwrap_or_else(|| "-".into()),

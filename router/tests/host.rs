@@ -448,7 +448,10 @@ fn attach_ps_detach_and_restore_after_a_restart() {
         let netns = Netns::Name(c1_name.clone());
         let cidrs: Vec<IpNet> = attach::parse_cidrs(&["10.32.0.1/12", "fd00::1/64"]).unwrap();
 
-        let info = attachments.attach(&netns, "ethwe", &cidrs).await.unwrap();
+        let info = attachments
+            .attach(&netns, None, "ethwe", &cidrs)
+            .await
+            .unwrap();
         assert_eq!(info.ifname, "ethwe");
         assert_eq!(info.state, "up");
         assert_eq!(info.addresses, ["10.32.0.1/12", "fd00::1/64"]);
@@ -483,11 +486,14 @@ fn attach_ps_detach_and_restore_after_a_restart() {
 
         // The same namespace and interface again, or a name taken inside.
         let e = attachments
-            .attach(&netns, "ethwe", &cidrs)
+            .attach(&netns, None, "ethwe", &cidrs)
             .await
             .unwrap_err();
         assert!(matches!(e, AttachError::AlreadyAttached { .. }), "{e}");
-        let e = attachments.attach(&netns, "lo", &cidrs).await.unwrap_err();
+        let e = attachments
+            .attach(&netns, None, "lo", &cidrs)
+            .await
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -528,7 +534,7 @@ fn attach_ps_detach_and_restore_after_a_restart() {
 
         // Attached by pid, listed with it.
         let info = attachments
-            .attach(&Netns::Pid(pid), "eth1", &cidrs[..1])
+            .attach(&Netns::Pid(pid), None, "eth1", &cidrs[..1])
             .await
             .unwrap();
         assert_eq!(info.netns, Netns::Pid(pid));
@@ -550,7 +556,7 @@ fn a_failed_attach_leaves_nothing_behind() {
         // veth exists: the attach must be undone.
         let twice = attach::parse_cidrs(&["10.32.0.1/12", "10.32.0.1/12"]).unwrap();
         let e = attachments
-            .attach(&netns, "ethwe", &twice)
+            .attach(&netns, None, "ethwe", &twice)
             .await
             .unwrap_err();
         assert!(
@@ -570,7 +576,7 @@ fn a_failed_attach_leaves_nothing_behind() {
 
         let missing = Netns::Name(format!("{c1_name}-missing"));
         let e = attachments
-            .attach(&missing, "ethwe", &twice[..1])
+            .attach(&missing, None, "ethwe", &twice[..1])
             .await
             .unwrap_err();
         assert_eq!(
@@ -580,7 +586,7 @@ fn a_failed_attach_leaves_nothing_behind() {
             )
         );
         let e = attachments
-            .attach(&Netns::Pid(u32::MAX / 2), "ethwe", &twice[..1])
+            .attach(&Netns::Pid(u32::MAX / 2), None, "ethwe", &twice[..1])
             .await
             .unwrap_err();
         assert!(matches!(e, AttachError::NoProcess { .. }), "{e}");
@@ -663,7 +669,7 @@ fn the_daemon_sets_up_serves_attachments_and_tears_down() {
             .unwrap_err();
         assert!(
             e.to_string()
-                .contains("exactly one of --netns NAME or --pid PID"),
+                .contains("exactly one of --netns NAME, --pid PID or --netns-path PATH"),
             "{e}"
         );
 
@@ -746,7 +752,10 @@ fn cli_attach_survives_a_router_restart() {
     let (ok, out) = weft(&["attach", "--netns", &c1.name, "10.32.0.1/12"]);
     assert!(ok, "{out}");
     assert!(
-        out.starts_with(&format!("attached network namespace {}: ethwe ", c1.name)),
+        out.starts_with(&format!(
+            "attached {} (network namespace {}): ethwe ",
+            c1.name, c1.name
+        )),
         "{out}"
     );
     let (ok, out) = weft(&["ps"]);
@@ -759,7 +768,7 @@ fn cli_attach_survives_a_router_restart() {
     assert!(home.join("attachments.json").exists());
 
     let bridge = in_router("weft").expect("the router made its bridge");
-    let host_end = row.split_whitespace().nth(4).unwrap();
+    let host_end = row.split_whitespace().nth(5).unwrap();
     let (ok, out) = weft(&["stop"]);
     assert!(ok, "{out}");
     assert!(in_router("weft-tap").is_none(), "stop removes the TAP");
@@ -811,4 +820,118 @@ impl Drop for KillOnDrop {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
     }
+}
+
+#[test]
+fn attach_by_path_records_one_container_id_per_namespace() {
+    let mut c1 = TestNetns::new();
+    let c2 = TestNetns::new();
+    let (c1_name, c2_name) = (c1.name.clone(), c2.name.clone());
+    let pid = c1.pid();
+    in_private_netns(move || async move {
+        let net = host::setup("weft", MTU).await.unwrap();
+        let attachments = Attachments::load("weft", MTU, None).unwrap();
+        let cidrs = attach::parse_cidrs(&["10.32.0.1/12"]).unwrap();
+        // By path, as a runtime hands it over: the id defaults to the
+        // path's last part.
+        let by_path = Netns::Path(format!("/var/run/netns/{c1_name}").into());
+        let info = attachments
+            .attach(&by_path, None, "ethwe", &cidrs)
+            .await
+            .unwrap();
+        assert_eq!(info.id, c1_name);
+        assert_eq!(info.netns, by_path);
+        assert_eq!(info.state, "up");
+        let inside = attach::link_state_in(&by_path, "ethwe").await.unwrap();
+        assert!(inside.is_some_and(|l| l.up), "the veth is inside, up");
+
+        // The same namespace through /proc/PID/ns/net, a second interface:
+        // the same container, so the same id, and no other.
+        let by_proc = Netns::Path(format!("/proc/{pid}/ns/net").into());
+        let eth1 = attachments
+            .attach(&by_proc, Some(&c1_name), "eth1", &cidrs)
+            .await
+            .unwrap();
+        assert_eq!(eth1.id, c1_name);
+        let e = attachments
+            .attach(&by_proc, Some("web-1"), "eth2", &cidrs)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the network namespace at /proc/{pid}/ns/net is attached already as container {c1_name}; attach it with --id {c1_name}"
+            )
+        );
+        // Another namespace may not take the id.
+        let e = attachments
+            .attach(
+                &Netns::Name(c2_name.clone()),
+                Some(&c1_name),
+                "ethwe",
+                &cidrs,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "container id {c1_name} is already used by the attachment of the network namespace at /var/run/netns/{c1_name}; give this one another --id"
+            )
+        );
+        assert_eq!(e.http_status(), 409);
+        let c2_info = attachments
+            .attach(
+                &Netns::Name(c2_name.clone()),
+                Some("web-2"),
+                "ethwe",
+                &cidrs,
+            )
+            .await
+            .unwrap();
+        assert_eq!(c2_info.id, "web-2");
+        let ids: Vec<String> = attachments
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, [c1_name.clone(), c1_name.clone(), "web-2".into()]);
+
+        // A path where no namespace is, and one that is not a namespace.
+        let e = attachments
+            .attach(
+                &Netns::Path("/var/run/netns/weft-no-such".into()),
+                None,
+                "ethwe",
+                &cidrs,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no network namespace at /var/run/netns/weft-no-such (has the container stopped?)"
+        );
+        assert_eq!(e.http_status(), 404);
+        let e = attachments
+            .attach(
+                &Netns::Path("/etc/hostname".into()),
+                Some("x"),
+                "ethwe",
+                &cidrs,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is /etc/hostname a network namespace?"),
+            "{e}"
+        );
+        // Detach by path.
+        attachments.detach(&by_proc, "eth1").await.unwrap();
+        attachments.detach(&by_path, "ethwe").await.unwrap();
+        net.undo().await.unwrap();
+    });
+    drop((c1, c2));
 }

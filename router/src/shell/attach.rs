@@ -54,7 +54,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 /// Prefix of every host-end veth weft creates.
 const HOST_PREFIX: &str = "vw";
 
-/// A network namespace, as the user names it.
+/// A network namespace, as the user or a container runtime names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Netns {
     /// Made with `ip netns add NAME`: `/var/run/netns/NAME`.
@@ -63,21 +63,36 @@ pub enum Netns {
     /// The namespace process PID runs in: `/proc/PID/ns/net`.
     #[serde(rename = "pid")]
     Pid(u32),
+    /// A namespace file wherever it is: what container runtimes hand over
+    /// (`/proc/PID/ns/net`, `/run/netns/NAME`, CNI's
+    /// `/var/run/netns/cni-…`).
+    #[serde(rename = "netns_path")]
+    Path(PathBuf),
 }
 
+/// Longest container id (CNI's are 64 hex digits; Docker's too).
+pub const MAX_ID_LEN: usize = 128;
+
 impl Netns {
-    /// From the `--netns` / `--pid` pair: exactly one must be given.
-    pub fn from_parts(name: Option<String>, pid: Option<u32>) -> Result<Self, AttachError> {
-        let netns = match (name, pid) {
-            (Some(name), None) => Netns::Name(name),
-            (None, Some(pid)) => Netns::Pid(pid),
+    /// From the `--netns` / `--pid` / `--netns-path` trio: exactly one
+    /// must be given.
+    pub fn from_parts(
+        name: Option<String>,
+        pid: Option<u32>,
+        path: Option<PathBuf>,
+    ) -> Result<Self, AttachError> {
+        let netns = match (name, pid, path) {
+            (Some(name), None, None) => Netns::Name(name),
+            (None, Some(pid), None) => Netns::Pid(pid),
+            (None, None, Some(path)) => Netns::Path(path),
             _ => return Err(AttachError::NetnsChoice),
         };
         netns.check()?;
         Ok(netns)
     }
 
-    /// Rejects names that would not stay inside [`NETNS_DIR`] and pid 0.
+    /// Rejects names that would not stay inside [`NETNS_DIR`], pid 0 and
+    /// relative paths.
     pub fn check(&self) -> Result<(), AttachError> {
         let why = match self {
             Netns::Name(name) if name.is_empty() => "it is empty",
@@ -85,6 +100,9 @@ impl Netns {
                 "it must be a plain name, without '/'"
             }
             Netns::Pid(0) => "pid 0 is not a process",
+            Netns::Path(path) if !path.is_absolute() => {
+                "it must be an absolute path, like /proc/PID/ns/net or /var/run/netns/NAME"
+            }
             _ => return Ok(()),
         };
         Err(AttachError::BadNetns {
@@ -93,11 +111,13 @@ impl Netns {
         })
     }
 
-    /// The short form, for logs and tables: the name, or `pid PID`.
+    /// The short form, for logs and tables: the name, `pid PID` or the
+    /// path.
     pub fn label(&self) -> String {
         match self {
             Netns::Name(name) => name.clone(),
             Netns::Pid(pid) => format!("pid {pid}"),
+            Netns::Path(path) => path.display().to_string(),
         }
     }
 
@@ -105,8 +125,50 @@ impl Netns {
         match self {
             Netns::Name(name) => Path::new(NETNS_DIR).join(name),
             Netns::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+            Netns::Path(path) => path.clone(),
         }
     }
+
+    /// The container id an attachment gets when none is given: the
+    /// namespace's name, `pid-PID`, or the last part of the path
+    /// (`cni-1234` for `/var/run/netns/cni-1234`, `pid-PID` for
+    /// `/proc/PID/ns/net`).
+    pub fn default_id(&self) -> String {
+        match self {
+            Netns::Name(name) => name.clone(),
+            Netns::Pid(pid) => format!("pid-{pid}"),
+            Netns::Path(path) => {
+                let parts: Vec<&str> = path.iter().filter_map(|p| p.to_str()).collect();
+                match parts.as_slice() {
+                    [.., "proc", pid, "ns", "net"] => format!("pid-{pid}"),
+                    [.., last] => (*last).to_owned(),
+                    [] => "netns".to_owned(),
+                }
+            }
+        }
+    }
+}
+
+/// Checks a container id: 1 to [`MAX_ID_LEN`] letters, digits, `_`, `.`
+/// and `-` (what Docker, CNI and Kubernetes use), so it is safe in file
+/// names, logs and DNS labels.
+pub fn check_id(id: &str) -> Result<(), AttachError> {
+    let why = if id.is_empty() {
+        "it is empty"
+    } else if id.len() > MAX_ID_LEN {
+        "it is longer than 128 characters"
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        "use only letters, digits, '_', '.' and '-'"
+    } else {
+        return Ok(());
+    };
+    Err(AttachError::BadId {
+        id: id.to_owned(),
+        why,
+    })
 }
 
 impl fmt::Display for Netns {
@@ -114,6 +176,7 @@ impl fmt::Display for Netns {
         match self {
             Netns::Name(name) => write!(f, "network namespace {name}"),
             Netns::Pid(pid) => write!(f, "the network namespace of pid {pid}"),
+            Netns::Path(path) => write!(f, "the network namespace at {}", path.display()),
         }
     }
 }
@@ -125,8 +188,18 @@ pub fn parse_cidrs<S: AsRef<str>>(texts: &[S]) -> Result<Vec<IpNet>, AttachError
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("name the namespace with exactly one of --netns NAME or --pid PID")]
+    #[error("name the namespace with exactly one of --netns NAME, --pid PID or --netns-path PATH")]
     NetnsChoice,
+    #[error("invalid container id {id:?}: {why}")]
+    BadId { id: String, why: &'static str },
+    #[error("no network namespace at {} (has the container stopped?)", .path.display())]
+    NetnsPathNotFound { path: PathBuf },
+    #[error(
+        "container id {id} is already used by the attachment of {netns}; give this one another --id"
+    )]
+    IdTaken { id: String, netns: String },
+    #[error("{netns} is attached already as container {id}; attach it with --id {id}")]
+    NetnsHasId { netns: String, id: String },
     #[error("invalid {netns}: {why}")]
     BadNetns { netns: String, why: &'static str },
     #[error(transparent)]
@@ -189,9 +262,20 @@ impl AttachError {
     pub fn http_status(&self) -> u16 {
         use AttachError as E;
         match self {
-            E::NetnsChoice | E::BadNetns { .. } | E::BadCidr(_) | E::Ifname(_) => 400,
-            E::NetnsNotFound { .. } | E::NoProcess { .. } | E::NotAttached { .. } => 404,
-            E::AlreadyAttached { .. } | E::IfnameTaken { .. } | E::NoBridge { .. } => 409,
+            E::NetnsChoice
+            | E::BadNetns { .. }
+            | E::BadId { .. }
+            | E::BadCidr(_)
+            | E::Ifname(_) => 400,
+            E::NetnsNotFound { .. }
+            | E::NetnsPathNotFound { .. }
+            | E::NoProcess { .. }
+            | E::NotAttached { .. } => 404,
+            E::AlreadyAttached { .. }
+            | E::IfnameTaken { .. }
+            | E::IdTaken { .. }
+            | E::NetnsHasId { .. }
+            | E::NoBridge { .. } => 409,
             _ => 500,
         }
     }
@@ -201,6 +285,12 @@ impl AttachError {
 /// check, after a restart, that a pid still names the same namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentRecord {
+    /// The container this is, as the caller named it (or
+    /// [`Netns::default_id`]); later features key addresses and names by
+    /// it. Files from before ids were recorded have none; loading fills in
+    /// the default.
+    #[serde(default)]
+    pub id: String,
     #[serde(flatten)]
     pub netns: Netns,
     pub ifname: String,
@@ -215,6 +305,9 @@ pub struct AttachmentRecord {
 /// where possible.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentInfo {
+    /// The container id.
+    #[serde(default)]
+    pub id: String,
     #[serde(flatten)]
     pub netns: Netns,
     pub ifname: String,
@@ -257,13 +350,16 @@ impl Attachments {
     /// Attachments on `bridge` with interfaces of MTU `mtu`, loaded from
     /// `file` if it exists (and saved there on every change).
     pub fn load(bridge: &str, mtu: u32, file: Option<PathBuf>) -> Result<Self, AttachError> {
-        let records = match &file {
+        let mut records: Vec<AttachmentRecord> = match &file {
             Some(path) => home::read_list(path, |error| AttachError::BadFile {
                 path: path.clone(),
                 error,
             })?,
             None => Vec::new(),
         };
+        for r in records.iter_mut().filter(|r| r.id.is_empty()) {
+            r.id = r.netns.default_id();
+        }
         Ok(Self {
             bridge: bridge.into(),
             mtu,
@@ -322,17 +418,36 @@ impl Attachments {
     /// `netns` as `ifname` with `cidrs`, both up with the router's MTU.
     /// Everything is checked before anything is created, and whatever was
     /// created is removed again if a later step fails.
+    ///
+    /// The attachment records `id` (default [`Netns::default_id`]); one id
+    /// names one namespace, which may have several interfaces.
     pub async fn attach(
         &self,
         netns: &Netns,
+        id: Option<&str>,
         ifname: &str,
         cidrs: &[IpNet],
     ) -> Result<AttachmentInfo, AttachError> {
         netns.check()?;
+        let id = id.map_or_else(|| netns.default_id(), str::to_owned);
+        check_id(&id)?;
         check_ifname(ifname)?;
         let mut records = self.records.lock().await;
-        let (ns_file, id) = open_netns(netns)?;
-        let host_ifname = host_ifname(id, ifname);
+        let (ns_file, ns_id) = open_netns(netns)?;
+        let same_ns = |r: &&AttachmentRecord| (r.ns_dev, r.ns_ino) == (ns_id.dev, ns_id.ino);
+        if let Some(other) = records.iter().find(|r| r.id == id && !same_ns(r)) {
+            return Err(AttachError::IdTaken {
+                id,
+                netns: other.netns.to_string(),
+            });
+        }
+        if let Some(mine) = records.iter().find(|r| r.id != id && same_ns(r)) {
+            return Err(AttachError::NetnsHasId {
+                netns: netns.to_string(),
+                id: mine.id.clone(),
+            });
+        }
+        let host_ifname = host_ifname(ns_id, ifname);
         let nl = Netlink::open()?;
         let bridge = self.bridge_index(&nl).await?;
         if nl.link_by_name(&host_ifname).await?.is_some() {
@@ -388,12 +503,13 @@ impl Attachments {
             }
         };
         let record = AttachmentRecord {
+            id,
             netns: netns.clone(),
             ifname: ifname.into(),
             host_ifname: host_ifname.clone(),
             cidrs: cidrs.to_vec(),
-            ns_dev: id.dev,
-            ns_ino: id.ino,
+            ns_dev: ns_id.dev,
+            ns_ino: ns_id.ino,
         };
         records.push(record.clone());
         if let Err(e) = self.save(&records) {
@@ -405,7 +521,7 @@ impl Attachments {
         }
         let info = info_of(&record, Ok(live));
         info!(
-            netns = %netns.label(), ifname, host_ifname = %record.host_ifname,
+            id = %record.id, netns = %netns.label(), ifname, host_ifname = %record.host_ifname,
             mac = info.mac.as_deref().unwrap_or("-"), addresses = %info.addresses.join(","),
             "attached"
         );
@@ -479,8 +595,8 @@ impl Attachments {
         netns.check()?;
         check_ifname(ifname)?;
         let mut records = self.records.lock().await;
-        let (_, id) = open_netns(netns)?;
-        let host_ifname = host_ifname(id, ifname);
+        let (_, ns_id) = open_netns(netns)?;
+        let host_ifname = host_ifname(ns_id, ifname);
         let nl = Netlink::open()?;
         let exists = nl.link_by_name(&host_ifname).await?.is_some();
         let position = records.iter().position(|r| r.host_ifname == host_ifname);
@@ -499,12 +615,13 @@ impl Attachments {
         let record = match position {
             Some(i) => records.remove(i),
             None => AttachmentRecord {
+                id: netns.default_id(),
                 netns: netns.clone(),
                 ifname: ifname.into(),
                 host_ifname: host_ifname.clone(),
                 cidrs: Vec::new(),
-                ns_dev: id.dev,
-                ns_ino: id.ino,
+                ns_dev: ns_id.dev,
+                ns_ino: ns_id.ino,
             },
         };
         self.save(&records)?;
@@ -561,6 +678,9 @@ fn open_netns(netns: &Netns) -> Result<(File, NsId), AttachError> {
             AttachError::NetnsNotFound { name: name.clone() }
         }
         (Netns::Pid(pid), io::ErrorKind::NotFound) => AttachError::NoProcess { pid: *pid },
+        (Netns::Path(path), io::ErrorKind::NotFound) => {
+            AttachError::NetnsPathNotFound { path: path.clone() }
+        }
         _ => AttachError::OpenNetns {
             path: path.clone(),
             error,
@@ -708,6 +828,7 @@ fn info_of(record: &AttachmentRecord, live: Result<Live, String>) -> AttachmentI
         ),
     };
     AttachmentInfo {
+        id: record.id.clone(),
         netns: record.netns.clone(),
         ifname: record.ifname.clone(),
         host_ifname: record.host_ifname.clone(),
@@ -739,25 +860,72 @@ mod tests {
     #[test]
     fn exactly_one_namespace_reference_is_accepted() {
         assert_eq!(
-            Netns::from_parts(Some("c1".into()), None).unwrap(),
+            Netns::from_parts(Some("c1".into()), None, None).unwrap(),
             Netns::Name("c1".into())
         );
-        assert_eq!(Netns::from_parts(None, Some(42)).unwrap(), Netns::Pid(42));
-        for (name, pid) in [(None, None), (Some("c1".to_owned()), Some(42))] {
-            let e = Netns::from_parts(name, pid).unwrap_err();
-            assert!(matches!(e, AttachError::NetnsChoice), "{e}");
+        assert_eq!(
+            Netns::from_parts(None, Some(42), None).unwrap(),
+            Netns::Pid(42)
+        );
+        let cni = PathBuf::from("/var/run/netns/cni-1234");
+        assert_eq!(
+            Netns::from_parts(None, None, Some(cni.clone())).unwrap(),
+            Netns::Path(cni.clone())
+        );
+        for (name, pid, path) in [
+            (None, None, None),
+            (Some("c1".to_owned()), Some(42), None),
+            (None, Some(42), Some(cni.clone())),
+        ] {
+            let e = Netns::from_parts(name, pid, path).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "name the namespace with exactly one of --netns NAME, --pid PID or --netns-path PATH"
+            );
         }
-        let e = Netns::from_parts(Some("../etc".into()), None).unwrap_err();
+        let e = Netns::from_parts(Some("../etc".into()), None, None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "invalid network namespace ../etc: it must be a plain name, without '/'"
         );
-        Netns::from_parts(None, Some(0)).unwrap_err();
+        Netns::from_parts(None, Some(0), None).unwrap_err();
+        let e = Netns::from_parts(None, None, Some("netns/c1".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid the network namespace at netns/c1: it must be an absolute path, like /proc/PID/ns/net or /var/run/netns/NAME"
+        );
         assert_eq!(
             Netns::Name("c1".into()).path(),
             Path::new("/var/run/netns/c1")
         );
         assert_eq!(Netns::Pid(42).path(), Path::new("/proc/42/ns/net"));
+        assert_eq!(Netns::Path(cni.clone()).path(), cni);
+    }
+
+    #[test]
+    fn container_ids_default_from_the_namespace_and_are_checked() {
+        assert_eq!(Netns::Name("c1".into()).default_id(), "c1");
+        assert_eq!(Netns::Pid(42).default_id(), "pid-42");
+        let path = |p: &str| Netns::Path(PathBuf::from(p)).default_id();
+        assert_eq!(path("/var/run/netns/cni-1234"), "cni-1234");
+        assert_eq!(path("/proc/42/ns/net"), "pid-42");
+        assert_eq!(path("/run/netns/web.1"), "web.1");
+        for good in ["c1", "5f2a9c", "web_1.prod-2", &"a".repeat(MAX_ID_LEN)] {
+            check_id(good).unwrap();
+        }
+        for (bad, why) in [
+            ("", "it is empty"),
+            ("a b", "use only letters"),
+            ("../x", "use only letters"),
+            (&"a".repeat(MAX_ID_LEN + 1), "longer than 128"),
+        ] {
+            let e = check_id(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("invalid container id {bad:?}: ")),
+                "{e}"
+            );
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]
@@ -787,6 +955,7 @@ mod tests {
     #[test]
     fn records_read_back_as_written() {
         let record = AttachmentRecord {
+            id: "pid-42".into(),
             netns: Netns::Pid(42),
             ifname: "ethwe".into(),
             host_ifname: "vw0123abcd".into(),
@@ -798,12 +967,23 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
-                "pid": 42, "ifname": "ethwe", "host_ifname": "vw0123abcd",
+                "id": "pid-42", "pid": 42, "ifname": "ethwe", "host_ifname": "vw0123abcd",
                 "cidrs": ["10.32.0.1/12"], "ns_dev": 4, "ns_ino": 4026532000u64
             })
         );
         let back: AttachmentRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+        let by_path = AttachmentRecord {
+            id: "cni-1234".into(),
+            netns: Netns::Path("/var/run/netns/cni-1234".into()),
+            ..record.clone()
+        };
+        let json = serde_json::to_value(&by_path).unwrap();
+        assert_eq!(json["netns_path"], "/var/run/netns/cni-1234");
+        assert_eq!(
+            serde_json::from_value::<AttachmentRecord>(json).unwrap(),
+            by_path
+        );
         let named: AttachmentInfo = serde_json::from_value(serde_json::json!({
             "netns": "c1", "ifname": "ethwe", "host_ifname": "vw0123abcd",
             "mac": null, "addresses": [], "state": "up"

@@ -34,6 +34,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +112,8 @@ pub struct StopResponse {
     pub stopping: bool,
 }
 
-/// Body of `POST /attach`: exactly one of `netns` and `pid`.
+/// Body of `POST /attach`: exactly one of `netns`, `pid` and
+/// `netns_path`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRequest {
     /// A namespace made with `ip netns add`.
@@ -120,6 +122,13 @@ pub struct AttachRequest {
     /// The namespace of this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// A namespace file, such as `/proc/PID/ns/net` or a runtime's
+    /// `/var/run/netns/cni-…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_path: Option<PathBuf>,
+    /// The container's id; default derived from the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Interface name inside the namespace; default `ethwe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
@@ -135,6 +144,8 @@ pub struct DetachRequest {
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
 }
@@ -531,10 +542,12 @@ async fn handle_attach(host: HostHandles, req: Request<Incoming>) -> Response<Fu
         Err(response) => return response,
     };
     let attached = async {
-        let netns = Netns::from_parts(request.netns, request.pid)?;
+        let netns = Netns::from_parts(request.netns, request.pid, request.netns_path)?;
         let ifname = request.ifname.unwrap_or_else(|| DEFAULT_IFNAME.into());
         let cidrs = parse_cidrs(&request.cidrs)?;
-        host.attachments.attach(&netns, &ifname, &cidrs).await
+        host.attachments
+            .attach(&netns, request.id.as_deref(), &ifname, &cidrs)
+            .await
     };
     match attached.await {
         Ok(info) => json(StatusCode::OK, &info),
@@ -548,7 +561,7 @@ async fn handle_detach(host: HostHandles, req: Request<Incoming>) -> Response<Fu
         Err(response) => return response,
     };
     let detached = async {
-        let netns = Netns::from_parts(request.netns, request.pid)?;
+        let netns = Netns::from_parts(request.netns, request.pid, request.netns_path)?;
         let ifname = request.ifname.unwrap_or_else(|| DEFAULT_IFNAME.into());
         host.attachments.detach(&netns, &ifname).await
     };
