@@ -184,7 +184,9 @@ impl Net {
             .with_context(|| format!("{first:?} is not an IPv4 CIDR"))?;
         let ns = format!("{}-{name}", self.prefix);
         self.add_namespace(&ns)?;
-        let mut args = vec!["attach", "--netns", &ns];
+        // The container's short name is its id, as a runtime would give
+        // its own.
+        let mut args = vec!["attach", "--netns", &ns, "--id", name];
         args.extend_from_slice(cidrs);
         let out = self.weft(host, &args)?;
         ensure!(

@@ -158,6 +158,11 @@ fn run(hold: bool) -> Result<()> {
     ));
     net.attach(from.1, from.0, &[from.2])?;
     net.attach(to.1, to.0, &[to.2])?;
+    for host in [from.1, to.1] {
+        let out = net.weft(host, &["ps"])?;
+        println!("   weft ps on {host} (each container recorded under its id):");
+        print!("{}", out.stdout);
+    }
     check_interrupt()?;
 
     step(&format!(
@@ -184,6 +189,17 @@ fn run(hold: bool) -> Result<()> {
         CUT.1,
         relay.0.encryption.mode,
         dp.map_or(0, |d| d.encrypted_sessions),
+    );
+
+    let stalls: u64 = net
+        .hosts()
+        .map(|h| net.report(&h.name))
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .flat_map(|r| r.0.watchdog_stalls.values())
+        .sum();
+    println!(
+        "   the CLI reached every router through its control socket (HOME/weft.sock, mode 0660, root only); watchdog stalls on all routers: {stalls}"
     );
 
     if hold {
