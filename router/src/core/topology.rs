@@ -280,6 +280,12 @@ impl DerefMut for TopologyChannel {
     }
 }
 
+/// What the topology channel answers a unicast or broadcast: topology
+/// travels as plain gossip alone.
+fn plain_gossip_only() -> ChannelError {
+    ChannelError::Refused("the topology channel carries plain gossip only".into())
+}
+
 impl Channel for TopologyChannel {
     fn on_gossip(
         &mut self,
@@ -302,9 +308,7 @@ impl Channel for TopologyChannel {
         _: PeerName,
         _: &[u8],
     ) -> Result<(), ChannelError> {
-        Err(ChannelError::Refused(
-            "the topology channel carries plain gossip only".into(),
-        ))
+        Err(plain_gossip_only())
     }
 
     fn on_broadcast(
@@ -313,9 +317,7 @@ impl Channel for TopologyChannel {
         _: PeerName,
         _: &[u8],
     ) -> Result<(), ChannelError> {
-        Err(ChannelError::Refused(
-            "the topology channel carries plain gossip only".into(),
-        ))
+        Err(plain_gossip_only())
     }
 
     fn full_state(&self) -> Vec<Vec<u8>> {
