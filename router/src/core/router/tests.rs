@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::core::gossip::GossipKind;
 use crate::core::identity::PeerUid;
+use crate::core::wire::control::ControlMessage;
 
 struct Net {
     now: Instant,
