@@ -550,7 +550,6 @@ impl RouterTask {
         if let Some((dog, _)) = &self.watchdog {
             status.watchdog_stalls = dog.stalls();
         }
-        status.encryption.mode = self.router.encryption_mode().into();
         if let Some(dp) = &status.data_plane {
             status.encryption.rekeys = dp.rekeys;
             status.encryption.replay_drops = dp

@@ -1,5 +1,7 @@
-//! The status snapshot as the core sees it: connections, targets, peers
-//! and routes, encryption counters.
+//! The status snapshot, filled with everything the core knows:
+//! connections, targets, peers and routes, encryption mode and control
+//! rekeys. The shell adds what only it knows (data-plane counters,
+//! watchdog stalls, exposed addresses, handshake failures).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -141,6 +143,7 @@ impl Router {
             peers,
             data_plane: None,
             encryption: EncryptionStatus {
+                mode: self.encryption_mode().into(),
                 control_rekeys: self.control_rekeys,
                 ..Default::default()
             },

@@ -712,6 +712,10 @@ mod encryption {
                 assert_eq!(got, (vec![], vec![]), "{a:?} {b:?}");
             }
             assert_eq!(net.routers[0].encryption_mode(), "noise (password)");
+            assert_eq!(
+                net.routers[0].status(net.now).encryption.mode,
+                "noise (password)"
+            );
         }
     }
 
