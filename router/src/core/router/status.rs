@@ -1,7 +1,7 @@
 //! The status snapshot, filled with everything the core knows:
 //! connections, targets, peers and routes, encryption mode and control
-//! rekeys. The shell adds what only it knows (data-plane counters,
-//! watchdog stalls, exposed addresses, handshake failures).
+//! rekeys, gossip counters. The shell adds what only it knows (data-plane
+//! counters, watchdog stalls, exposed addresses, handshake failures).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -10,9 +10,10 @@ use super::Router;
 use crate::core::conn_maker::{TargetOrigin, TargetState};
 use crate::core::connection::ConnState;
 use crate::core::crypto::HandshakeConfig;
+use crate::core::gossip::{GossipKind, GossipStats};
 use crate::core::status::{
-    ConnectionStatus, DataPathStatus, EncryptionStatus, PeerConnectionStatus, PeerStatus,
-    RouterStatus, TargetStatus,
+    ConnectionStatus, DataPathStatus, EncryptionStatus, GossipStatus, PeerConnectionStatus,
+    PeerStatus, RouterStatus, TargetStatus,
 };
 
 impl Router {
@@ -148,9 +149,43 @@ impl Router {
                 ..Default::default()
             },
             handshake_failures: Default::default(),
-            gossip: Vec::new(),
+            gossip: gossip_status(&self.stats),
             exposed: Vec::new(),
             watchdog_stalls: BTreeMap::new(),
         }
+    }
+}
+
+/// Gossip counters as the status reports them, one entry per channel and
+/// kind.
+fn gossip_status(stats: &GossipStats) -> Vec<GossipStatus> {
+    let blank = |(channel, kind): &(String, GossipKind)| GossipStatus {
+        channel: channel.clone(),
+        kind: gossip_kind_name(*kind).into(),
+        sent_messages: 0,
+        sent_bytes: 0,
+        received_messages: 0,
+        received_bytes: 0,
+    };
+    let mut out: BTreeMap<(String, GossipKind), GossipStatus> = BTreeMap::new();
+    for (key, c) in &stats.sent {
+        let e = out.entry(key.clone()).or_insert_with(|| blank(key));
+        e.sent_messages = c.messages;
+        e.sent_bytes = c.bytes;
+    }
+    for (key, c) in &stats.received {
+        let e = out.entry(key.clone()).or_insert_with(|| blank(key));
+        e.received_messages = c.messages;
+        e.received_bytes = c.bytes;
+    }
+    out.into_values().collect()
+}
+
+fn gossip_kind_name(kind: GossipKind) -> &'static str {
+    match kind {
+        GossipKind::Delta => "delta",
+        GossipKind::FullState => "full_state",
+        GossipKind::Unicast => "unicast",
+        GossipKind::Broadcast => "broadcast",
     }
 }
