@@ -29,10 +29,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::core::connection::ConnState;
-use crate::core::gossip::{GossipKind, GossipStats};
 use crate::core::identity::PeerName;
 use crate::core::router::SessionEvent;
-use crate::core::status::GossipStatus;
 use crate::core::wire::addr::PeerAddr;
 use crate::core::{Action, ConnHandle, Router, RouterConfig};
 use crate::shell::api_socket::ApiListener;
@@ -550,7 +548,6 @@ impl RouterTask {
         if let Some((dog, _)) = &self.watchdog {
             status.watchdog_stalls = dog.stalls();
         }
-        status.encryption.mode = self.router.encryption_mode().into();
         if let Some(dp) = &status.data_plane {
             status.encryption.rekeys = dp.rekeys;
             status.encryption.replay_drops = dp
@@ -561,7 +558,6 @@ impl RouterTask {
                 .sum();
         }
         status.handshake_failures = self.handshake_failures.clone();
-        status.gossip = gossip_status(self.router.gossip_stats());
         status.exposed = self
             .exposed
             .as_ref()
@@ -714,40 +710,6 @@ impl RouterTask {
         if let Err(e) = home::save_targets(path, &self.router.user_targets()) {
             warn!(error = %e, "could not save targets");
         }
-    }
-}
-
-/// Gossip counters as the status reports them, one entry per channel and
-/// kind.
-fn gossip_status(stats: &GossipStats) -> Vec<GossipStatus> {
-    let blank = |(channel, kind): &(String, GossipKind)| GossipStatus {
-        channel: channel.clone(),
-        kind: gossip_kind_name(*kind).into(),
-        sent_messages: 0,
-        sent_bytes: 0,
-        received_messages: 0,
-        received_bytes: 0,
-    };
-    let mut out: BTreeMap<(String, GossipKind), GossipStatus> = BTreeMap::new();
-    for (key, c) in &stats.sent {
-        let e = out.entry(key.clone()).or_insert_with(|| blank(key));
-        e.sent_messages = c.messages;
-        e.sent_bytes = c.bytes;
-    }
-    for (key, c) in &stats.received {
-        let e = out.entry(key.clone()).or_insert_with(|| blank(key));
-        e.received_messages = c.messages;
-        e.received_bytes = c.bytes;
-    }
-    out.into_values().collect()
-}
-
-fn gossip_kind_name(kind: GossipKind) -> &'static str {
-    match kind {
-        GossipKind::Delta => "delta",
-        GossipKind::FullState => "full_state",
-        GossipKind::Unicast => "unicast",
-        GossipKind::Broadcast => "broadcast",
     }
 }
 

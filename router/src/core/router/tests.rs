@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::core::gossip::GossipKind;
 use crate::core::identity::PeerUid;
+use crate::core::wire::control::ControlMessage;
 
 struct Net {
     now: Instant,
@@ -710,6 +712,10 @@ mod encryption {
                 assert_eq!(got, (vec![], vec![]), "{a:?} {b:?}");
             }
             assert_eq!(net.routers[0].encryption_mode(), "noise (password)");
+            assert_eq!(
+                net.routers[0].status(net.now).encryption.mode,
+                "noise (password)"
+            );
         }
     }
 
@@ -810,5 +816,12 @@ fn unicast_gossip_is_relayed_with_one_hop_less_and_dropped_at_its_limit() {
         .get(&("test".to_owned(), GossipKind::Unicast))
         .map_or(0, |c| c.messages);
     assert_eq!(received, 1);
+    let reported = net.routers[2].status(net.now).gossip;
+    assert!(
+        reported
+            .iter()
+            .any(|g| g.channel == "test" && g.kind == "unicast" && g.received_messages == 1),
+        "the status reports the core's gossip counters: {reported:?}"
+    );
     assert!(net.closed.is_empty(), "{:?}", net.closed);
 }
