@@ -510,11 +510,7 @@ fn parse_addr(flag: &str, s: &str, example: &str) -> Result<SocketAddr> {
         .map_err(|_| anyhow!("invalid {flag} {s:?}: expected IP:PORT, such as {example}"))
 }
 
-fn parse_duration(
-    flag: &str,
-    value: Option<&str>,
-    default: Duration,
-) -> Result<Duration> {
+fn parse_duration(flag: &str, value: Option<&str>, default: Duration) -> Result<Duration> {
     let Some(value) = value else {
         return Ok(default);
     };
