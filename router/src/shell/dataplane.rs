@@ -136,21 +136,18 @@ fn seal_into(session: &SharedSession, now: Instant, datagram: &[u8], buf: &mut V
     buf.extend_from_slice(&datagram[..len]);
     buf.extend_from_slice(&[0; sealed::TAG_LEN]);
     let rekeys = s.stats().send_rekeys;
-    match s.seal(now, buf, len) {
-        Ok(total) => {
-            buf.truncate(total);
-            let st = s.stats();
-            if st.send_rekeys != rekeys {
-                info!(
-                    session = s.local_index(),
-                    epoch = st.send_epoch,
-                    "data session rekeyed"
-                );
-            }
-            true
-        }
-        Err(_) => false,
+    let Ok(total) = s.seal(now, buf, len) else {
+        return false;
+    };
+    buf.truncate(total);
+    let rekeyed =
+        (s.stats().send_rekeys != rekeys).then(|| (s.local_index(), s.stats().send_epoch));
+    // Logging writes to a file or stderr: not under a leaf lock.
+    drop(s);
+    if let Some((session, epoch)) = rekeyed {
+        info!(session, epoch, "data session rekeyed");
     }
+    true
 }
 
 /// Counters the threads keep outside the forwarder's lock.
@@ -1082,9 +1079,10 @@ fn open(
         shared.counters.crypto_drop(DataError::UnknownIndex);
         return None;
     };
-    let mut s = session.lock()?;
-    match s.open(now, datagram) {
-        Ok(plain) => Some((plain.len(), *peer)),
+    // The session is let go before the drop is counted: one leaf at a time.
+    let opened = session.lock()?.open(now, datagram).map(|plain| plain.len());
+    match opened {
+        Ok(len) => Some((len, *peer)),
         Err(e) => {
             shared.counters.crypto_drop(e);
             None

@@ -9,7 +9,7 @@
 //! 2. [`Rank::Leaf`]: every other blocking lock of the data plane (one
 //!    session's keys, the published counters, the crypto drop counts).
 //!    Whoever holds one does bounded work in memory: it takes no other
-//!    lock and makes no system call before letting go.
+//!    lock, makes no system call and logs nothing before letting go.
 //!
 //! So no cycle can form: a thread waiting for a leaf waits for bounded
 //! work, and a thread waiting for the forwarder waits for a data thread
